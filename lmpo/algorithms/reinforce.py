@@ -1,0 +1,62 @@
+"""REINFORCE (Williams 1992): ascend ``E[sum_t (G_t - b_t) grad log pi(a_t | s_t)]``.
+
+The returns ``G_t`` and the baseline ``b_t`` (none, batch mean, leave-one-out, learned value) are computed
+by ``lmpo.core.estimate_advantages`` before ``update``; this file is only the gradient step.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from lmpo.algorithms.base import adam, optimizer_step, set_lr, unique_parameters, value_loss
+from lmpo.config import ReinforceConfig
+from lmpo.core import Rollout, masked_mean
+from lmpo.policies.base import Policy
+
+
+class Reinforce:
+    """One policy-gradient step per rollout, with the value function (if any) regressed alongside."""
+
+    def __init__(self, cfg: ReinforceConfig, policy: Policy) -> None:
+        self.cfg = cfg
+        self.use_value = cfg.advantage.baseline == "value" or cfg.advantage.estimator == "gae"
+        critic = policy.critic_parameters() if self.use_value else []
+        self.params = unique_parameters(policy.actor_parameters(), critic)
+        self.optimizer = adam(self.params, cfg.lr, cfg.adam_eps)
+
+    def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
+        """``loss = -mean_t(log pi(a_t|s_t) * A_t) - c_ent * H + c_v * (V - G)^2``."""
+        assert rollout.advantages is not None and rollout.returns is not None
+        cfg, m = self.cfg, rollout.mask
+        lr = set_lr(self.optimizer, cfg.lr, progress, cfg.anneal_lr)
+        ev = policy.evaluate(rollout.obs, rollout.actions)
+        pg_loss = -masked_mean(ev.log_probs * rollout.advantages, m)
+        entropy = masked_mean(ev.entropy, m)
+        loss = pg_loss - cfg.ent_coef * entropy
+        metrics: dict[str, Any] = {}
+        if self.use_value:
+            assert ev.values is not None
+            v_loss = value_loss(ev.values, rollout.returns, m)
+            loss = loss + cfg.vf_coef * v_loss
+            metrics["losses/value"] = v_loss.detach()
+        grad_norm = optimizer_step(self.optimizer, loss, self.params, cfg.max_grad_norm)
+        with torch.no_grad():
+            # how far the step moved the policy on this batch (k3 estimator, Schulman 2020)
+            new = policy.evaluate(rollout.obs, rollout.actions).log_probs
+            log_ratio = new - rollout.logprobs
+            approx_kl = masked_mean(log_ratio.exp() - 1 - log_ratio, m)
+        metrics.update({
+            "losses/policy": pg_loss.detach(), "losses/entropy": entropy.detach(), "charts/approx_kl": approx_kl,
+            "charts/grad_norm": grad_norm, "charts/lr": lr,
+        })
+        return {k: float(v) for k, v in metrics.items()}
+
+    def state_dict(self) -> dict[str, Any]:
+        """Optimiser state."""
+        return {"optimizer": self.optimizer.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore the optimiser."""
+        self.optimizer.load_state_dict(state["optimizer"])

@@ -1,0 +1,110 @@
+"""The ``lmpo`` command: ``train``, ``eval`` and ``plot``.
+
+Every user mistake (bad key, wrong type, unknown environment or algorithm, missing file) ends with exit
+code 2 and one line naming the problem, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from lmpo.config import ConfigError
+
+EXIT_USAGE = 2
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from lmpo.config import load_config
+    from lmpo.train.trainer import Trainer, read_run_config
+
+    if args.resume:
+        run_dir = Path(args.resume)
+        overrides = ([args.config] if args.config else []) + args.overrides  # CONFIG slot may hold an override
+        cfg = read_run_config(run_dir, overrides)
+        trainer = Trainer(cfg, run_dir=run_dir, resume=True)
+    else:
+        if args.config is None:
+            raise ConfigError("lmpo train needs a CONFIG file (e.g. configs/cartpole-ppo.yaml)")
+        cfg = load_config(args.config, args.overrides)
+        trainer = Trainer(cfg)
+    print(f"run directory: {trainer.run_dir}")
+    summary = trainer.train()
+    print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
+          f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")
+    return 0
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint
+    from lmpo.train.evaluate import evaluate_policy
+    from lmpo.train.trainer import build_policy, read_run_config
+
+    run_dir = Path(args.run_dir)
+    cfg = read_run_config(run_dir)
+    ckpt = latest_checkpoint(run_dir / "checkpoints")
+    if ckpt is None:
+        raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")
+    import gymnasium as gym
+
+    env = gym.make(cfg.env.id, **cfg.env.kwargs)
+    policy = build_policy(cfg, env.observation_space, env.action_space)
+    env.close()
+    load_checkpoint(ckpt, policy)
+    policy.eval()
+    returns = evaluate_policy(policy, cfg.env.id, args.episodes, args.seed, cfg.env.kwargs,
+                              deterministic=not args.stochastic)
+    print(f"{cfg.env.id}  {ckpt.name}  episodes {len(returns)}  "
+          f"return {returns.mean():.2f} +/- {returns.std():.2f}  (min {returns.min():.2f}, max {returns.max():.2f})")
+    return 0
+
+
+def _cmd_plot(args: argparse.Namespace) -> int:
+    from lmpo.plot import plot_run
+
+    out = plot_run(Path(args.run_dir), Path(args.output) if args.output else None)
+    print(f"wrote {out}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser of ``lmpo``."""
+    parser = argparse.ArgumentParser(prog="lmpo", description="Policy optimisation: REINFORCE, TRPO, PPO.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("train", help="train from a YAML config, or resume a run")
+    p.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/cartpole-ppo.yaml")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as algo.lr=3e-4")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
+    p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
+    p.add_argument("run_dir")
+    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
+    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation environments")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    p.set_defaults(fn=_cmd_eval)
+    p = sub.add_parser("plot", help="write a PNG of a run's learning curves")
+    p.add_argument("run_dir")
+    p.add_argument("-o", "--output", help="PNG path (default RUN_DIR/curves.png)")
+    p.set_defaults(fn=_cmd_plot)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the process exit code."""
+    args = build_parser().parse_args(argv)
+    if getattr(args, "episodes", 1) < 1:
+        print("lmpo: error: --episodes must be at least 1", file=sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.fn(args))
+    except ConfigError as e:
+        print(f"lmpo: error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("lmpo: interrupted (resume with lmpo train --resume RUN_DIR)", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

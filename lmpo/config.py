@@ -1,0 +1,232 @@
+"""The validated configuration tree: one pydantic model per section, one ``description`` per setting.
+
+YAML recipes under ``configs/`` are loaded with ``load_config`` and dotted overrides such as
+``algo.lr=3e-4``; any mistake surfaces as a ``ConfigError`` naming the offending key.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot be used; the message is one line naming the problem."""
+
+
+class Section(BaseModel):
+    """Base of every config section: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class EnvConfig(Section):
+    id: str = Field("CartPole-v1", description="Any registered Gymnasium id, e.g. CartPole-v1 or Pendulum-v1.")
+    num_envs: int = Field(8, ge=1, description="Parallel environments in the vector env.")
+    vectorization: Literal["sync", "async"] = Field(
+        "sync", description="Gymnasium SyncVectorEnv (one process, resumable) or AsyncVectorEnv (subprocesses)."
+    )
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for gymnasium.make.")
+
+    @field_validator("id")
+    @classmethod
+    def _registered(cls, v: str) -> str:
+        import gymnasium as gym
+
+        import lmpo.envs  # noqa: F401  (registers lmpo's own environments)
+
+        try:
+            gym.spec(v)
+        except gym.error.Error as e:
+            raise ValueError(f"unknown environment {v!r} ({e})") from None
+        return v
+
+
+class PolicyConfig(Section):
+    kind: Literal["mlp"] = Field("mlp", description="Policy family; 'mlp' for control tasks.")
+    hidden_sizes: list[int] = Field([64, 64], description="Hidden layer widths of the actor (and critic).")
+    activation: Literal["tanh", "relu", "gelu"] = Field("tanh", description="Hidden activation.")
+    critic: Literal["separate", "shared", "none"] = Field(
+        "separate", description="Value function: its own MLP, a head on the actor trunk, or none."
+    )
+    log_std_init: float = Field(0.0, description="Initial log standard deviation of Gaussian policies.")
+    normalize_obs: bool = Field(False, description="Normalise observations with running mean/std.")
+
+
+class AdvantageConfig(Section):
+    estimator: Literal["gae", "returns"] = Field(
+        "gae", description="'gae' (needs a value function) or Monte-Carlo discounted 'returns'."
+    )
+    gamma: float = Field(0.99, ge=0.0, le=1.0, description="Discount factor.")
+    gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda (bias/variance trade-off).")
+    baseline: Literal["none", "mean", "loo", "value"] = Field(
+        "value", description="Baseline subtracted from Monte-Carlo returns (ignored by GAE)."
+    )
+    whiten: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+
+
+class AlgoBase(Section):
+    lr: float = Field(3e-4, gt=0, description="Adam learning rate (of the value function for TRPO).")
+    anneal_lr: bool = Field(False, description="Decay the learning rate linearly to 0 over training.")
+    vf_coef: float = Field(0.5, ge=0, description="Weight of the value loss when it shares the optimiser.")
+    ent_coef: float = Field(0.0, description="Entropy bonus weight.")
+    max_grad_norm: float | None = Field(0.5, gt=0, description="Clip the global gradient norm (None: off).")
+    adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
+
+
+class ReinforceConfig(AlgoBase):
+    name: Literal["reinforce"] = "reinforce"
+    lr: float = Field(1e-2, gt=0, description="Adam learning rate.")
+    max_grad_norm: float | None = Field(None, gt=0, description="Clip the global gradient norm (None: off).")
+    advantage: AdvantageConfig = Field(
+        default_factory=lambda: AdvantageConfig(estimator="returns", baseline="mean"),
+        description="Monte-Carlo returns with a baseline (Williams 1992).",
+    )
+
+
+class TRPOConfig(AlgoBase):
+    name: Literal["trpo"] = "trpo"
+    lr: float = Field(1e-3, gt=0, description="Adam learning rate of the value function.")
+    max_kl: float = Field(0.01, gt=0, description="Trust region: mean KL(pi_old || pi) per update.")
+    cg_iters: int = Field(15, ge=1, description="Conjugate-gradient iterations.")
+    cg_damping: float = Field(0.1, ge=0, description="Damping added to the Fisher-vector product.")
+    backtrack_iters: int = Field(10, ge=1, description="Line-search steps before giving up.")
+    backtrack_coef: float = Field(0.8, gt=0, lt=1, description="Step shrink factor per line-search step.")
+    vf_iters: int = Field(20, ge=1, description="Epochs of value-function regression per update.")
+    vf_batch_size: int = Field(512, ge=1, description="Minibatch size (rows) of value regression.")
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GAE settings.")
+
+
+class PPOConfig(AlgoBase):
+    name: Literal["ppo"] = "ppo"
+    epochs: int = Field(10, ge=1, description="Passes over the rollout per update.")
+    batch_size: int = Field(64, ge=1, description="Minibatch size in rows (steps for control, sequences for LMs).")
+    clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
+    clip_range_vf: float | None = Field(None, gt=0, description="Clip value predictions around old values.")
+    anneal_clip: bool = Field(False, description="Decay clip_range linearly to 0 over training.")
+    target_kl: float | None = Field(None, gt=0, description="Stop the epochs early once approx KL exceeds it.")
+    advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GAE settings.")
+
+
+AlgoConfig = Annotated[ReinforceConfig | TRPOConfig | PPOConfig, Field(discriminator="name")]
+
+
+class RolloutConfig(Section):
+    mode: Literal["steps", "episodes"] = Field(
+        "steps", description="'steps': each env runs a fixed number of steps; 'episodes': whole episodes."
+    )
+    steps_per_env: int = Field(128, ge=1, description="Steps per environment per update ('steps' mode).")
+    episodes_per_env: int = Field(1, ge=1, description="Episodes per environment per update ('episodes' mode).")
+
+
+class TrainConfig(Section):
+    total_steps: int = Field(100_000, ge=1, description="Environment steps to train for.")
+    eval_every: int = Field(10_000, ge=0, description="Evaluate every this many env steps (0: only at the end).")
+    eval_episodes: int = Field(10, ge=1, description="Deterministic episodes per evaluation.")
+    checkpoint_every: int = Field(10, ge=1, description="Save a checkpoint every this many updates.")
+    keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch's default).")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+    runs_dir: str = Field("runs", description="Parent directory of run directories.")
+    progress: bool = Field(True, description="Show a live progress bar.")
+
+
+class Config(Section):
+    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$", description="Run name: runs/<name>/.")
+    seed: int = Field(0, description="Seed of torch, numpy and the environments.")
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    policy: PolicyConfig = Field(default_factory=PolicyConfig)
+    algo: AlgoConfig = Field(default_factory=PPOConfig)
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> Config:
+        adv = self.algo.advantage
+        needs_value = adv.estimator == "gae" or adv.baseline == "value"
+        if needs_value and self.policy.critic == "none":
+            raise ValueError("algo.advantage needs a value function but policy.critic is 'none'")
+        if self.algo.name == "trpo" and self.policy.critic == "shared":
+            raise ValueError("TRPO needs policy.critic 'separate' (value regression must not move the actor)")
+        if adv.baseline == "loo" and self.rollout.mode != "episodes":
+            raise ValueError("algo.advantage.baseline 'loo' needs rollout.mode 'episodes'")
+        if adv.estimator == "returns" and self.rollout.mode == "steps" and adv.baseline != "value":
+            raise ValueError(
+                "Monte-Carlo returns in rollout.mode 'steps' cut episodes at the rollout's end; "
+                "use rollout.mode 'episodes' or algo.advantage.baseline 'value'"
+            )
+        return self
+
+
+def _format_error(e: ValidationError) -> str:
+    """One line per problem: ``where: what``."""
+    parts = []
+    for err in e.errors():
+        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        loc = ".".join(p for p in loc.split(".") if p not in ("reinforce", "trpo", "ppo")) or "config"
+        msg = err["msg"]
+        if err["type"] == "extra_forbidden":
+            msg = "unknown key"
+        elif err["type"] == "union_tag_invalid":
+            msg = f"unknown algorithm {err['input'].get('name')!r} (choose reinforce, trpo or ppo)"
+            loc = "algo.name"
+        elif "input" in err and not isinstance(err["input"], dict):
+            msg = f"{msg} (got {err['input']!r})"
+        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+    return "; ".join(parts)
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``'algo.lr=3e-4'`` -> ``(['algo', 'lr'], 0.0003)``; the value is parsed as YAML."""
+    if "=" not in item:
+        raise ConfigError(f"override {item!r} is not of the form key.sub=value")
+    key, raw = item.split("=", 1)
+    if not key or any(not p for p in key.split(".")):
+        raise ConfigError(f"override {item!r} has an empty key")
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.split("."), value
+
+
+def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Set dotted keys in a nested dict (creating sections as needed)."""
+    for item in overrides:
+        path, value = parse_override(item)
+        node = data
+        for p in path[:-1]:
+            child = node.setdefault(p, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"override {item!r}: {p!r} is not a section")
+            node = child
+        node[path[-1]] = value
+    return data
+
+
+def build_config(data: dict[str, Any]) -> Config:
+    """Validate a nested dict; raises ``ConfigError`` with one clear line."""
+    try:
+        return Config.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"invalid config: {_format_error(e)}") from None
+
+
+def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
+    """Read a YAML recipe (or start from the defaults when ``path`` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        p = Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            loaded = yaml.safe_load(p.read_text())
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{p}: the top level must be a mapping of sections")
+        data = loaded or {}
+    return build_config(apply_overrides(data, overrides or []))

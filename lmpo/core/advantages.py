@@ -1,0 +1,129 @@
+"""Returns, generalised advantage estimation and baselines on padded ``[B, T]`` rollouts.
+
+Conventions shared by every function here:
+
+- ``dones[b, t] = 1`` cuts the recursion after step ``t``: the episode terminated, was truncated, or the
+  row ends (last real step of the row). Padding after a row's end must be masked out with ``mask``.
+- ``next_values[b, t]`` is the value used to bootstrap from step ``t``: ``V(s_{t+1})`` inside an episode,
+  ``0`` after a termination, and ``V(final observation)`` after a truncation (Gymnasium's ``truncated``
+  says the episode did not end, it was only cut: Pardo et al. 2018, "Time Limits in RL").
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+from lmpo.core.rollout import Rollout
+from lmpo.core.stats import masked_mean, masked_whiten
+
+Baseline = Literal["none", "mean", "loo", "value"]
+
+
+def discounted_returns(
+    rewards: Tensor, dones: Tensor, gamma: float, mask: Tensor, next_values: Tensor | None = None
+) -> Tensor:
+    """Monte-Carlo returns ``G_t = r_t + gamma * (G_{t+1} if not done_t else bootstrap_t)``.
+
+    ``bootstrap_t`` is ``next_values[t]`` (0 where not given), so a truncated episode is not treated as ended.
+    """
+    boot = torch.zeros_like(rewards) if next_values is None else next_values
+    returns = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # (B,) G_{t+1}
+    for t in reversed(range(rewards.shape[1])):
+        cut = dones[:, t]
+        # G_t = r_t + gamma * [(1 - done_t) G_{t+1} + done_t * bootstrap_t]
+        running = rewards[:, t] + gamma * ((1.0 - cut) * running + cut * boot[:, t])
+        running = running * mask[:, t]
+        returns[:, t] = running
+    return returns
+
+
+def gae(
+    rewards: Tensor,
+    values: Tensor,
+    next_values: Tensor,
+    dones: Tensor,
+    mask: Tensor,
+    gamma: float,
+    lam: float,
+) -> tuple[Tensor, Tensor]:
+    """Generalised advantage estimation (Schulman et al. 2016); returns ``(advantages, returns)``.
+
+    ``returns = advantages + values`` are the TD(lambda) targets for the value function.
+    """
+    advantages = torch.zeros_like(rewards)
+    running = torch.zeros_like(rewards[:, 0])  # (B,) A_{t+1}
+    for t in reversed(range(rewards.shape[1])):
+        # delta_t = r_t + gamma V(s_t+1) - V(s_t), with V(s_t+1) already 0 after a termination
+        delta = rewards[:, t] + gamma * next_values[:, t] - values[:, t]
+        # A_t = delta_t + gamma lambda (1 - done_t) A_{t+1}
+        running = delta + gamma * lam * (1.0 - dones[:, t]) * running
+        running = running * mask[:, t]
+        advantages[:, t] = running
+    return advantages, (advantages + values) * mask
+
+
+def leave_one_out_baseline(scores: Tensor, group_ids: Tensor) -> Tensor:
+    """For each row, the mean score of the *other* rows of its group (RLOO, Kool et al. 2019).
+
+    ``scores`` is ``(B,)``; every group needs at least two rows, or there is no "other" to average.
+    """
+    groups, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    if bool((counts < 2).any()):
+        raise ValueError("leave-one-out baseline needs at least 2 rows per group")
+    sums = torch.zeros(len(groups), dtype=scores.dtype, device=scores.device).index_add_(0, inverse, scores)
+    n = counts.to(scores.dtype)[inverse]
+    return (sums[inverse] - scores) / (n - 1)
+
+
+def apply_baseline(
+    returns: Tensor, mask: Tensor, baseline: Baseline, values: Tensor | None = None,
+    group_ids: Tensor | None = None,
+) -> Tensor:
+    """Advantages ``returns - b`` for one of the baselines: none, batch mean, leave-one-out, learned value.
+
+    The batch mean is over every real step. Leave-one-out works on each row's return from its first step
+    (one episode or response per row) and subtracts the same number from every step of the row.
+    """
+    if baseline == "none":
+        return returns * mask
+    if baseline == "mean":
+        return (returns - masked_mean(returns, mask)) * mask
+    if baseline == "value":
+        if values is None:
+            raise ValueError("baseline 'value' needs a policy with a value function")
+        return (returns - values) * mask
+    if baseline == "loo":
+        if group_ids is None:
+            raise ValueError("baseline 'loo' needs group_ids (k samples per prompt or start state)")
+        b = leave_one_out_baseline(returns[:, 0], group_ids)  # (B,)
+        return (returns - b.unsqueeze(1)) * mask
+    raise ValueError(f"unknown baseline {baseline!r}")
+
+
+def estimate_advantages(
+    rollout: Rollout,
+    estimator: Literal["gae", "returns"],
+    gamma: float,
+    gae_lambda: float = 1.0,
+    baseline: Baseline = "value",
+    whiten: bool = False,
+) -> Rollout:
+    """Fill ``rollout.advantages`` and ``rollout.returns`` with GAE or Monte-Carlo returns minus a baseline."""
+    m = rollout.mask
+    if estimator == "gae":
+        if rollout.values is None or rollout.next_values is None:
+            raise ValueError("GAE needs values and next_values in the rollout")
+        adv, ret = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.dones, m, gamma, gae_lambda)
+    elif estimator == "returns":
+        ret = discounted_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values)
+        adv = apply_baseline(ret, m, baseline, rollout.values, rollout.group_ids)
+    else:
+        raise ValueError(f"unknown advantage estimator {estimator!r}")
+    if whiten:
+        adv = masked_whiten(adv, m)
+    rollout.advantages, rollout.returns = adv, ret
+    return rollout

@@ -1,0 +1,59 @@
+"""The ``Policy`` protocol: what every algorithm may ask of a policy, MLP or language model alike."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol, runtime_checkable
+
+from torch import Tensor, nn
+
+
+@dataclass
+class PolicyStep:
+    """What ``sample`` returns for a batch of observations ``(N, ...)``."""
+
+    actions: Tensor  # (N, *action_shape) the actions actually taken
+    log_probs: Tensor  # (N,) log-probability under exactly the distribution sampled from
+    values: Tensor | None  # (N,) V(s), or None for a policy without a value function
+
+
+@dataclass
+class Evaluation:
+    """What ``evaluate`` returns for observations and actions ``(B, T, ...)`` in one forward pass."""
+
+    log_probs: Tensor  # (B, T) log pi(a_t | s_t)
+    entropy: Tensor  # (B, T) entropy of pi(. | s_t)
+    values: Tensor | None  # (B, T) V(s_t)
+    dist: Tensor  # (B, T, P) the distribution's parameters, for ``Policy.kl`` (TRPO's trust region)
+
+
+@runtime_checkable
+class Policy(Protocol):
+    """A stochastic policy, optionally with a value function. Implemented by MLPs and language models."""
+
+    has_value: bool  # whether ``values`` are available
+    markov: bool  # True when each step depends only on its own observation (rows may be flattened)
+
+    def sample(self, obs: Any, deterministic: bool = False) -> PolicyStep:
+        """Draw actions for a batch of observations (the mode when ``deterministic``)."""
+        ...
+
+    def evaluate(self, obs: Any, actions: Tensor) -> Evaluation:
+        """Score given actions: log-probs, entropy, values and distribution parameters, with gradients."""
+        ...
+
+    def value(self, obs: Any) -> Tensor:
+        """``V(s)`` for a batch of observations."""
+        ...
+
+    def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:
+        """Analytic ``KL(old || new)`` per step from two outputs of ``Evaluation.dist``."""
+        ...
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Parameters of the action distribution (what TRPO's natural gradient moves)."""
+        ...
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """Parameters only the value function uses (empty without a separate critic)."""
+        ...

@@ -1,0 +1,200 @@
+"""MLP policies for Gymnasium control: categorical (``Discrete``) and diagonal Gaussian (``Box``)."""
+
+from __future__ import annotations
+
+import math
+from typing import Literal
+
+import gymnasium as gym
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from lmpo.policies.base import Evaluation, PolicyStep
+
+_LOG_2PI = math.log(2.0 * math.pi)
+_ACTIVATIONS: dict[str, type[nn.Module]] = {"tanh": nn.Tanh, "relu": nn.ReLU, "gelu": nn.GELU}
+
+
+class RunningNorm(nn.Module):
+    """Observation normaliser with running mean and variance (Chan et al.'s parallel update), clipped."""
+
+    mean: Tensor
+    var: Tensor
+    count: Tensor
+
+    def __init__(self, shape: tuple[int, ...], clip: float = 10.0, eps: float = 1e-8) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.zeros(shape, dtype=torch.float64))
+        self.register_buffer("var", torch.ones(shape, dtype=torch.float64))
+        self.register_buffer("count", torch.tensor(eps, dtype=torch.float64))
+        self.clip, self.eps = clip, eps
+
+    @torch.no_grad()
+    def update(self, x: Tensor) -> None:
+        """Fold a batch ``(N, *shape)`` into the running statistics."""
+        x = x.reshape(-1, *self.mean.shape).to(torch.float64)
+        n = x.shape[0]
+        b_mean, b_var = x.mean(0), x.var(0, unbiased=False)
+        delta, total = b_mean - self.mean, self.count + n
+        m2 = self.var * self.count + b_var * n + delta.pow(2) * self.count * n / total
+        self.mean.add_(delta * n / total)
+        self.var.copy_(m2 / total)
+        self.count.fill_(total.item())
+
+    def forward(self, x: Tensor) -> Tensor:
+        z = (x - self.mean.to(x.dtype)) / torch.sqrt(self.var.to(x.dtype) + self.eps)
+        return z.clamp(-self.clip, self.clip)
+
+
+def mlp(sizes: list[int], activation: str, out_gain: float) -> nn.Sequential:
+    """Linear layers with ``activation`` between them, orthogonally initialised (as in SB3 and CleanRL)."""
+    act = _ACTIVATIONS[activation]
+    layers: list[nn.Module] = []
+    for i in range(len(sizes) - 1):
+        lin = nn.Linear(sizes[i], sizes[i + 1])
+        last = i == len(sizes) - 2
+        nn.init.orthogonal_(lin.weight, gain=out_gain if last else math.sqrt(2.0))
+        nn.init.zeros_(lin.bias)
+        layers.append(lin)
+        if not last:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class MLPPolicy(nn.Module):
+    """Actor MLP with a categorical or diagonal-Gaussian head, plus a value function.
+
+    ``critic="separate"`` gives the value function its own MLP (needed by TRPO, whose natural-gradient
+    step must not be disturbed by value regression); ``critic="shared"`` puts a value head on the actor's
+    trunk; ``critic="none"`` has no value function (plain REINFORCE).
+    """
+
+    markov = True
+
+    def __init__(
+        self,
+        observation_space: gym.spaces.Space,
+        action_space: gym.spaces.Space,
+        hidden_sizes: list[int],
+        activation: str = "tanh",
+        critic: Literal["separate", "shared", "none"] = "separate",
+        log_std_init: float = 0.0,
+        normalize_obs: bool = False,
+    ) -> None:
+        super().__init__()
+        if not isinstance(observation_space, gym.spaces.Box) or len(observation_space.shape) != 1:
+            raise ValueError(f"MLP policies need a flat Box observation space, got {observation_space}")
+        obs_dim = int(observation_space.shape[0])
+        self.discrete = isinstance(action_space, gym.spaces.Discrete)
+        if self.discrete:
+            assert isinstance(action_space, gym.spaces.Discrete)
+            act_dim = int(action_space.n)
+        elif isinstance(action_space, gym.spaces.Box) and len(action_space.shape) == 1:
+            act_dim = int(action_space.shape[0])
+            self.log_std = nn.Parameter(torch.full((act_dim,), float(log_std_init)))
+        else:
+            raise ValueError(f"MLP policies support Discrete or flat Box actions, got {action_space}")
+        self.act_dim = act_dim
+        self.normalizer = RunningNorm((obs_dim,)) if normalize_obs else None
+        sizes = [obs_dim, *hidden_sizes]
+        self.trunk = mlp(sizes, activation, math.sqrt(2.0))
+        self.trunk.append(_ACTIVATIONS[activation]())
+        self.head = mlp([sizes[-1], act_dim], activation, 0.01)
+        self.critic_kind = critic
+        self.critic: nn.Module | None = None
+        if critic == "separate":
+            self.critic = mlp([obs_dim, *hidden_sizes, 1], activation, 1.0)
+        elif critic == "shared":
+            self.critic = mlp([sizes[-1], 1], activation, 1.0)
+        self.has_value = critic != "none"
+
+    # ----------------------------------------------------------------------------------------------
+    def _features(self, obs: Tensor) -> Tensor:
+        return self.normalizer(obs) if self.normalizer is not None else obs
+
+    def _forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Distribution parameters ``(..., P)`` and values ``(...)`` in one pass."""
+        x = self._features(obs)
+        h = self.trunk(x)
+        if self.discrete:
+            dist = F.log_softmax(self.head(h), dim=-1)  # (..., A) normalised logits
+        else:
+            mean = self.head(h)
+            dist = torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)  # (..., 2A)
+        values = None
+        if self.critic is not None:
+            values = self.critic(h if self.critic_kind == "shared" else x).squeeze(-1)
+        return dist, values
+
+    def _log_prob_entropy(self, dist: Tensor, actions: Tensor) -> tuple[Tensor, Tensor]:
+        if self.discrete:
+            logp = dist.gather(-1, actions.long().unsqueeze(-1)).squeeze(-1)
+            entropy = -(dist.exp() * dist).sum(-1)
+            return logp, entropy
+        mean, log_std = dist.split(self.act_dim, dim=-1)
+        z = (actions - mean) * torch.exp(-log_std)
+        logp = (-0.5 * z.pow(2) - log_std - 0.5 * _LOG_2PI).sum(-1)
+        entropy = (log_std + 0.5 + 0.5 * _LOG_2PI).sum(-1)
+        return logp, entropy
+
+    # ---------------------------------------------------------------------- the Policy protocol
+    @torch.no_grad()
+    def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:
+        """Actions for ``obs`` ``(N, obs_dim)``; Gaussian actions are unclipped (the env wrapper clips)."""
+        dist, values = self._forward(obs)
+        if self.discrete:
+            if deterministic:
+                actions = dist.argmax(-1)
+            else:
+                actions = torch.multinomial(dist.exp(), 1).squeeze(-1)
+        else:
+            mean, log_std = dist.split(self.act_dim, dim=-1)
+            actions = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
+        logp, _ = self._log_prob_entropy(dist, actions)
+        return PolicyStep(actions, logp, values)
+
+    def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
+        """Log-probs, entropy, values and distribution parameters of ``actions`` ``(B, T, ...)``."""
+        dist, values = self._forward(obs)
+        logp, entropy = self._log_prob_entropy(dist, actions)
+        return Evaluation(logp, entropy, values, dist)
+
+    def value(self, obs: Tensor) -> Tensor:
+        """``V(s)``; raises for a policy built without a value function."""
+        if self.critic is None:
+            raise RuntimeError("this policy has no value function (critic='none')")
+        x = self._features(obs)
+        return self.critic(self.trunk(x) if self.critic_kind == "shared" else x).squeeze(-1)
+
+    def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:
+        """Analytic ``KL(old || new)`` per step."""
+        if self.discrete:
+            return (old_dist.exp() * (old_dist - new_dist)).sum(-1)
+        mu0, ls0 = old_dist.split(self.act_dim, dim=-1)
+        mu1, ls1 = new_dist.split(self.act_dim, dim=-1)
+        # KL(N0 || N1) = log(s1/s0) + (s0^2 + (mu0 - mu1)^2) / (2 s1^2) - 1/2, summed over dimensions
+        kl = ls1 - ls0 + (torch.exp(2 * ls0) + (mu0 - mu1).pow(2)) / (2 * torch.exp(2 * ls1)) - 0.5
+        return kl.sum(-1)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """Trunk, action head and (Gaussian) log-std."""
+        params = [*self.trunk.parameters(), *self.head.parameters()]
+        return params if self.discrete else [*params, self.log_std]
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The separate critic MLP, or the shared value head."""
+        return [] if self.critic is None else list(self.critic.parameters())
+
+    def update_normalizer(self, obs: Tensor) -> None:
+        """Fold collected observations into the running statistics (no-op without normalisation)."""
+        if self.normalizer is not None:
+            self.normalizer.update(obs)
+
+    def env_action(self, actions: Tensor, action_space: gym.spaces.Space) -> np.ndarray:
+        """The actions as the environment takes them: Gaussian samples clipped to the Box bounds."""
+        a = actions.cpu().numpy()
+        if isinstance(action_space, gym.spaces.Box):
+            return np.clip(a, action_space.low, action_space.high)
+        return a
