@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import pickle
 import random
 import time
@@ -33,9 +32,12 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device: {name!r} requested but CUDA is not available")
     try:
-        return torch.device(name)
+        device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device: unknown device {name!r}") from None
+    if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"train.device: {name!r} requested but only {torch.cuda.device_count()} CUDA devices")
+    return device
 
 
 def build_policy(cfg: Config, observation_space: Any, action_space: Any) -> MLPPolicy:
@@ -202,13 +204,3 @@ class Trainer:
         else:
             self.collector.total_steps = state["env_steps"]
 
-
-def steps_per_update(cfg: Config) -> int | None:
-    """Environment steps per update in 'steps' mode (None when it depends on episode lengths)."""
-    return cfg.env.num_envs * cfg.rollout.steps_per_env if cfg.rollout.mode == "steps" else None
-
-
-def expected_updates(cfg: Config) -> int | None:
-    """Number of updates a run will make in 'steps' mode."""
-    n = steps_per_update(cfg)
-    return None if n is None else math.ceil(cfg.train.total_steps / n)

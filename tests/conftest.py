@@ -1,0 +1,38 @@
+"""Shared fixtures: small policies and rollouts built inside the tests."""
+
+import gymnasium as gym
+import numpy as np
+import pytest
+import torch
+
+from lmpo.core import Rollout, estimate_advantages
+from lmpo.policies import MLPPolicy
+
+DISCRETE = (gym.spaces.Box(-1, 1, (4,), np.float32), gym.spaces.Discrete(3))
+CONTINUOUS = (gym.spaces.Box(-1, 1, (3,), np.float32), gym.spaces.Box(-2, 2, (2,), np.float32))
+
+
+@pytest.fixture(autouse=True)
+def _seed() -> None:
+    torch.manual_seed(0)
+
+
+def make_policy(kind: str = "discrete", critic: str = "separate", **kw) -> MLPPolicy:
+    obs_space, act_space = DISCRETE if kind == "discrete" else CONTINUOUS
+    return MLPPolicy(obs_space, act_space, [16, 16], critic=critic, **kw)
+
+
+def make_rollout(policy: MLPPolicy, b: int = 4, t: int = 6) -> Rollout:
+    """A random rollout actually sampled from ``policy``, with advantages computed."""
+    obs = torch.randn(b, t, policy.trunk[0].in_features)
+    step = policy.sample(obs.reshape(b * t, -1))
+    actions = step.actions.reshape(b, t, *step.actions.shape[1:])
+    values = step.values.reshape(b, t) if step.values is not None else None
+    dones = torch.zeros(b, t)
+    dones[:, -1] = 1.0
+    rewards = torch.randn(b, t) + (actions.float().reshape(b, t, -1)[..., 0] > 0).float()
+    ro = Rollout(obs=obs, actions=actions, logprobs=step.log_probs.reshape(b, t), rewards=rewards,
+                 mask=torch.ones(b, t), dones=dones, values=values,
+                 next_values=None if values is None else torch.cat([values[:, 1:], torch.zeros(b, 1)], 1))
+    est = "gae" if values is not None else "returns"
+    return estimate_advantages(ro, est, 0.99, 0.95, "value" if values is not None else "mean", whiten=True)

@@ -1,0 +1,170 @@
+"""Returns, GAE and baselines against hand-computed tensors and slow per-episode reference loops."""
+
+import pytest
+import torch
+
+from lmpo.core import (
+    Rollout,
+    apply_baseline,
+    discounted_returns,
+    estimate_advantages,
+    gae,
+    leave_one_out_baseline,
+)
+
+
+def test_discounted_returns_by_hand() -> None:
+    # one row, two episodes: [1, 1, 1 | 2, 2] with the first terminated and the second cut by the row end,
+    # bootstrapping from V = 10 (a truncation, not a termination).
+    r = torch.tensor([[1.0, 1.0, 1.0, 2.0, 2.0]])
+    dones = torch.tensor([[0.0, 0.0, 1.0, 0.0, 1.0]])
+    boot = torch.tensor([[0.0, 0.0, 0.0, 0.0, 10.0]])
+    g = discounted_returns(r, dones, 0.5, torch.ones_like(r), boot)
+    # second episode: G4 = 2 + 0.5*10 = 7, G3 = 2 + 0.5*7 = 5.5; first: G2 = 1, G1 = 1.5, G0 = 1.75
+    assert torch.allclose(g, torch.tensor([[1.75, 1.5, 1.0, 5.5, 7.0]]))
+
+
+def test_discounted_returns_ignore_padding() -> None:
+    r = torch.tensor([[1.0, 1.0, 5.0], [2.0, 7.0, 7.0]])
+    mask = torch.tensor([[1.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    dones = torch.tensor([[0.0, 1.0, 0.0], [1.0, 0.0, 0.0]])
+    g = discounted_returns(r, dones, 0.9, mask)
+    assert torch.allclose(g, torch.tensor([[1.9, 1.0, 0.0], [2.0, 0.0, 0.0]]))
+
+
+def test_gae_by_hand_with_termination_and_truncation() -> None:
+    gamma, lam = 0.9, 0.5
+    r = torch.tensor([[1.0, 0.0, 2.0, 1.0]])
+    v = torch.tensor([[0.5, 1.0, 2.0, 3.0]])
+    # step 1 terminates (next value 0); step 3 is truncated with V(final obs) = 4
+    dones = torch.tensor([[0.0, 1.0, 0.0, 1.0]])
+    nv = torch.tensor([[1.0, 0.0, 3.0, 4.0]])
+    adv, ret = gae(r, v, nv, dones, torch.ones_like(r), gamma, lam)
+    d = [1 + 0.9 * 1 - 0.5, 0 + 0 - 1.0, 2 + 0.9 * 3 - 2.0, 1 + 0.9 * 4 - 3.0]
+    a3 = d[3]
+    a2 = d[2] + gamma * lam * a3
+    a1 = d[1]
+    a0 = d[0] + gamma * lam * a1
+    assert torch.allclose(adv, torch.tensor([[a0, a1, a2, a3]]))
+    assert torch.allclose(ret, adv + v)
+
+
+def test_gae_lambda_one_equals_returns_minus_values() -> None:
+    torch.manual_seed(0)
+    r, v = torch.randn(3, 7), torch.randn(3, 7)
+    dones = (torch.rand(3, 7) < 0.3).float()
+    dones[:, -1] = 1.0
+    boot = torch.randn(3, 7) * dones
+    nv = torch.cat([v[:, 1:], torch.zeros(3, 1)], 1) * (1 - dones) + boot
+    adv, _ = gae(r, v, nv, dones, torch.ones_like(r), 0.95, 1.0)
+    g = discounted_returns(r, dones, 0.95, torch.ones_like(r), boot)
+    assert torch.allclose(adv, g - v, atol=1e-5)
+
+
+def _reference_gae(r, v, nv, dones, mask, gamma, lam):
+    """Slow, obviously-correct GAE: split each row into episodes and sum discounted TD errors forward."""
+    b, t = r.shape
+    out = torch.zeros(b, t, dtype=torch.float64)
+    for i in range(b):
+        for s in range(t):
+            if mask[i, s] == 0:
+                continue
+            total, k = 0.0, s
+            while True:
+                delta = r[i, k] + gamma * nv[i, k] - v[i, k]
+                total += (gamma * lam) ** (k - s) * float(delta)
+                if dones[i, k] == 1 or k == t - 1 or mask[i, k + 1] == 0:
+                    break
+                k += 1
+            out[i, s] = total
+    return out
+
+
+def _reference_returns(r, dones, boot, mask, gamma):
+    b, t = r.shape
+    out = torch.zeros(b, t, dtype=torch.float64)
+    for i in range(b):
+        for s in range(t):
+            if mask[i, s] == 0:
+                continue
+            total, k = 0.0, s
+            while True:
+                total += gamma ** (k - s) * float(r[i, k])
+                if dones[i, k] == 1:
+                    total += gamma ** (k - s + 1) * float(boot[i, k])
+                    break
+                k += 1
+            out[i, s] = total
+    return out
+
+
+def _random_batch(seed: int, b: int = 5, t: int = 11):
+    g = torch.Generator().manual_seed(seed)
+    r, v = torch.randn(b, t, generator=g), torch.randn(b, t, generator=g)
+    lengths = torch.randint(1, t + 1, (b,), generator=g)
+    mask = (torch.arange(t) < lengths[:, None]).float()
+    dones = (torch.rand(b, t, generator=g) < 0.25).float()
+    dones[torch.arange(b), lengths - 1] = 1.0  # every row's last real step ends its recursion
+    dones *= mask
+    truncated = dones * (torch.rand(b, t, generator=g) < 0.5).float()
+    boot = torch.randn(b, t, generator=g) * truncated
+    nv = (torch.cat([v[:, 1:], torch.zeros(b, 1)], 1) * (1 - dones) + boot) * mask
+    return r * mask, v * mask, nv, dones, mask, boot
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize(("gamma", "lam"), [(0.99, 0.95), (0.9, 0.0), (1.0, 1.0), (0.5, 0.7)])
+def test_gae_matches_reference(seed: int, gamma: float, lam: float) -> None:
+    r, v, nv, dones, mask, _ = _random_batch(seed)
+    adv, ret = gae(r, v, nv, dones, mask, gamma, lam)
+    ref = _reference_gae(r, v, nv, dones, mask, gamma, lam)
+    assert torch.allclose(adv.double(), ref, atol=1e-5)
+    assert torch.allclose(ret, (adv + v) * mask)
+    assert (adv[mask == 0] == 0).all()
+
+
+@pytest.mark.parametrize("seed", range(5))
+@pytest.mark.parametrize("gamma", [0.99, 0.5, 1.0])
+def test_returns_match_reference(seed: int, gamma: float) -> None:
+    r, _, _, dones, mask, boot = _random_batch(seed)
+    g = discounted_returns(r, dones, gamma, mask, boot)
+    assert torch.allclose(g.double(), _reference_returns(r, dones, boot, mask, gamma), atol=1e-5)
+
+
+def test_leave_one_out_by_hand() -> None:
+    scores = torch.tensor([1.0, 2.0, 6.0, 10.0, 20.0])
+    groups = torch.tensor([0, 0, 0, 1, 1])
+    b = leave_one_out_baseline(scores, groups)
+    assert torch.allclose(b, torch.tensor([4.0, 3.5, 1.5, 20.0, 10.0]))
+
+
+def test_leave_one_out_needs_two_per_group() -> None:
+    with pytest.raises(ValueError, match="at least 2"):
+        leave_one_out_baseline(torch.tensor([1.0, 2.0, 3.0]), torch.tensor([0, 0, 1]))
+
+
+def test_baselines() -> None:
+    ret = torch.tensor([[3.0, 2.0, 1.0], [5.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    assert torch.equal(apply_baseline(ret, mask, "none"), ret * mask)
+    # batch mean over the 4 real steps = 11 / 4
+    assert torch.allclose(apply_baseline(ret, mask, "mean"), (ret - 2.75) * mask)
+    v = torch.tensor([[1.0, 1.0, 1.0], [2.0, 9.0, 9.0]])
+    assert torch.allclose(apply_baseline(ret, mask, "value", values=v), torch.tensor([[2.0, 1.0, 0.0], [3.0, 0, 0]]))
+    # leave-one-out on each row's first-step return: row 0 gets 5, row 1 gets 3
+    loo = apply_baseline(ret, mask, "loo", group_ids=torch.tensor([7, 7]))
+    assert torch.allclose(loo, torch.tensor([[-2.0, -3.0, -4.0], [2.0, 0.0, 0.0]]))
+    with pytest.raises(ValueError, match="value function"):
+        apply_baseline(ret, mask, "value")
+
+
+def test_estimate_advantages_whitens_over_real_steps() -> None:
+    r, v, nv, dones, mask, _ = _random_batch(3)
+    ro = Rollout(obs=torch.zeros(*r.shape, 1), actions=torch.zeros_like(r), logprobs=torch.zeros_like(r),
+                 rewards=r, mask=mask, dones=dones, values=v, next_values=nv)
+    ro = estimate_advantages(ro, "gae", 0.99, 0.95, whiten=True)
+    assert ro.advantages is not None
+    real = ro.advantages[mask.bool()]
+    assert abs(float(real.mean())) < 1e-5
+    assert abs(float(real.std()) - 1.0) < 1e-4
+    assert (ro.advantages[mask == 0] == 0).all()
