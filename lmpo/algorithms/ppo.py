@@ -10,10 +10,13 @@ from typing import Any
 
 import torch
 
-from lmpo.algorithms.base import adam, optimizer_step, set_lr, unique_parameters, value_loss
+from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import PPOConfig
-from lmpo.core import Rollout, masked_mean
+from lmpo.core import Rollout
 from lmpo.policies.base import Policy
+
+_METRICS = ("losses/policy", "losses/value", "losses/entropy", "charts/approx_kl", "charts/clipfrac",
+            "charts/grad_norm")
 
 
 class PPO:
@@ -22,49 +25,55 @@ class PPO:
     def __init__(self, cfg: PPOConfig, policy: Policy) -> None:
         self.cfg = cfg
         self.params = unique_parameters(policy.actor_parameters(), policy.critic_parameters())
-        self.optimizer = adam(self.params, cfg.lr, cfg.adam_eps)
+        self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """Epochs x minibatches of clipped-surrogate steps; stops early past ``target_kl``."""
         assert rollout.advantages is not None and rollout.returns is not None
         cfg = self.cfg
-        lr = set_lr(self.optimizer, cfg.lr, progress, cfg.anneal_lr)
+        lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         clip = cfg.clip_range * (1.0 - progress) if cfg.anneal_clip else cfg.clip_range
-        sums: dict[str, torch.Tensor] = {}
+        totals = torch.zeros(len(_METRICS))  # running sums of the per-minibatch metrics
         n_steps, stopped, epochs = 0, False, 0
         for epochs in range(1, cfg.epochs + 1):  # noqa: B007  (epochs is reported below)
-            for rows in torch.randperm(rollout.batch_size).split(cfg.batch_size):
-                mb = rollout.select(rows)
-                m, adv = mb.mask, mb.advantages
-                assert adv is not None and mb.returns is not None
+            for mb in self._minibatches(rollout):
+                adv, returns = mb.advantages, mb.returns
+                assert adv is not None and returns is not None
+                w = mb.mask / mb.mask.sum()  # masked mean over real steps = (x * w).sum()
                 ev = policy.evaluate(mb.obs, mb.actions)
                 log_ratio = ev.log_probs - mb.logprobs
                 ratio = log_ratio.exp()
                 with torch.no_grad():
-                    approx_kl = masked_mean(ratio - 1 - log_ratio, m)  # k3 estimator of KL(old || new)
-                    clipfrac = masked_mean(((ratio - 1).abs() > clip).float(), m)
+                    approx_kl = ((ratio - 1 - log_ratio) * w).sum()  # k3 estimator of KL(old || new)
+                    clipfrac = (((ratio - 1).abs() > clip) * w).sum()
                 if cfg.target_kl is not None and approx_kl > cfg.target_kl:
                     stopped = True
                     break
-                # clipped surrogate: pessimistic bound on the improvement
-                pg_loss = masked_mean(torch.maximum(-adv * ratio, -adv * ratio.clamp(1 - clip, 1 + clip)), m)
-                entropy = masked_mean(ev.entropy, m)
-                loss = pg_loss - cfg.ent_coef * entropy
+                # clipped surrogate: the pessimistic bound max(-A r, -A clip(r, 1-eps, 1+eps)), per step
+                neg_adv = -adv
+                pg = torch.maximum(neg_adv * ratio, neg_adv * ratio.clamp(1 - clip, 1 + clip))
+                per_step = pg - cfg.ent_coef * ev.entropy
+                v_err = torch.zeros_like(pg)
                 if ev.values is not None:
-                    v_loss = value_loss(ev.values, mb.returns, m, mb.values, cfg.clip_range_vf)
-                    loss = loss + cfg.vf_coef * v_loss
-                    sums["losses/value"] = sums.get("losses/value", 0) + v_loss.detach()
-                grad_norm = optimizer_step(self.optimizer, loss, self.params, cfg.max_grad_norm)
-                for k, v in (("losses/policy", pg_loss), ("losses/entropy", entropy), ("charts/approx_kl", approx_kl),
-                             ("charts/clipfrac", clipfrac), ("charts/grad_norm", grad_norm)):
-                    sums[k] = sums.get(k, 0) + v.detach()
+                    v_err = value_error(ev.values, returns, mb.values, cfg.clip_range_vf)
+                    per_step = per_step + cfg.vf_coef * v_err
+                grad_norm = self.optimizer.step((per_step * w).sum(), cfg.max_grad_norm)
+                with torch.no_grad():
+                    parts = torch.stack([pg, v_err, ev.entropy]).reshape(3, -1) @ w.reshape(-1)  # (3,) masked means
+                    totals += torch.cat([parts, torch.stack([approx_kl, clipfrac, grad_norm])])
                 n_steps += 1
             if stopped:
                 break
-        metrics = {k: float(v) / max(n_steps, 1) for k, v in sums.items()}
+        metrics = dict(zip(_METRICS, (totals / max(n_steps, 1)).tolist(), strict=True))
         metrics.update({"charts/lr": lr, "charts/clip_range": clip, "charts/epochs": float(epochs),
                         "charts/early_stop": float(stopped), "charts/minibatch_steps": float(n_steps)})
         return metrics
+
+    def _minibatches(self, rollout: Rollout) -> list[Rollout]:
+        """Shuffled minibatches of rows; the rollout itself when one minibatch holds it all (order is moot)."""
+        if rollout.batch_size <= self.cfg.batch_size:
+            return [rollout]
+        return [rollout.select(rows) for rows in torch.randperm(rollout.batch_size).split(self.cfg.batch_size)]
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state."""

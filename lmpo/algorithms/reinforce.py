@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from lmpo.algorithms.base import adam, optimizer_step, set_lr, unique_parameters, value_loss
+from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import ReinforceConfig
 from lmpo.core import Rollout, masked_mean
 from lmpo.policies.base import Policy
@@ -24,13 +24,13 @@ class Reinforce:
         self.use_value = cfg.advantage.baseline == "value" or cfg.advantage.estimator == "gae"
         critic = policy.critic_parameters() if self.use_value else []
         self.params = unique_parameters(policy.actor_parameters(), critic)
-        self.optimizer = adam(self.params, cfg.lr, cfg.adam_eps)
+        self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """``loss = -mean_t(log pi(a_t|s_t) * A_t) - c_ent * H + c_v * (V - G)^2``."""
         assert rollout.advantages is not None and rollout.returns is not None
         cfg, m = self.cfg, rollout.mask
-        lr = set_lr(self.optimizer, cfg.lr, progress, cfg.anneal_lr)
+        lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         ev = policy.evaluate(rollout.obs, rollout.actions)
         pg_loss = -masked_mean(ev.log_probs * rollout.advantages, m)
         entropy = masked_mean(ev.entropy, m)
@@ -38,10 +38,10 @@ class Reinforce:
         metrics: dict[str, Any] = {}
         if self.use_value:
             assert ev.values is not None
-            v_loss = value_loss(ev.values, rollout.returns, m)
+            v_loss = masked_mean(value_error(ev.values, rollout.returns), m)
             loss = loss + cfg.vf_coef * v_loss
             metrics["losses/value"] = v_loss.detach()
-        grad_norm = optimizer_step(self.optimizer, loss, self.params, cfg.max_grad_norm)
+        grad_norm = self.optimizer.step(loss, cfg.max_grad_norm)
         with torch.no_grad():
             # how far the step moved the policy on this batch (k3 estimator, Schulman 2020)
             new = policy.evaluate(rollout.obs, rollout.actions).log_probs

@@ -16,9 +16,9 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from torch.nn.utils import parameters_to_vector, vector_to_parameters
+from torch.nn.utils import parameters_to_vector
 
-from lmpo.algorithms.base import adam, optimizer_step, set_lr, value_loss
+from lmpo.algorithms.base import FlatAdam, value_error
 from lmpo.config import TRPOConfig
 from lmpo.core import Rollout, masked_mean
 from lmpo.policies.base import Policy
@@ -49,6 +49,15 @@ def flat_grad(y: Tensor, params: list[nn.Parameter], **kwargs: Any) -> Tensor:
     return torch.cat([g.reshape(-1) for g in grads])
 
 
+@torch.no_grad()
+def _assign(vector: Tensor, params: list[nn.Parameter]) -> None:
+    """Copy a flat vector into ``params`` in place (their storage, and anything viewing it, is kept)."""
+    offset = 0
+    for p in params:
+        p.copy_(vector[offset:offset + p.numel()].view_as(p))
+        offset += p.numel()
+
+
 class TRPO:
     """Trust-region policy step, then separate value regression."""
 
@@ -56,7 +65,7 @@ class TRPO:
         self.cfg = cfg
         self.actor = policy.actor_parameters()
         self.critic = policy.critic_parameters()
-        self.optimizer = adam(self.critic, cfg.lr, cfg.adam_eps) if self.critic else None
+        self.optimizer = FlatAdam(self.critic, cfg.lr, cfg.adam_eps) if self.critic else None
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """One trust-region policy step and ``vf_iters`` epochs of value regression."""
@@ -91,7 +100,7 @@ class TRPO:
         with torch.no_grad():
             frac = 1.0
             for steps in range(1, cfg.backtrack_iters + 1):  # noqa: B007  (steps is reported below)
-                vector_to_parameters(old_params + frac * full_step, self.actor)
+                _assign(old_params + frac * full_step, self.actor)
                 new_surr, new_kl, _ = surrogate_and_kl()
                 improvement = new_surr - surr.detach()
                 if new_kl <= cfg.max_kl and improvement > 0:
@@ -99,7 +108,7 @@ class TRPO:
                     break
                 frac *= cfg.backtrack_coef
             if not accepted:
-                vector_to_parameters(old_params, self.actor)
+                _assign(old_params, self.actor)
                 new_kl, improvement = torch.zeros(()), torch.zeros(())
         metrics = {
             "losses/policy": -float(surr.detach()), "losses/entropy": float(masked_mean(entropy.detach(), m)),
@@ -116,14 +125,14 @@ class TRPO:
     def _fit_value(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """``vf_iters`` epochs of shuffled minibatch regression of ``V(s)`` on the returns."""
         assert self.optimizer is not None and rollout.returns is not None
-        lr = set_lr(self.optimizer, self.cfg.lr, progress, self.cfg.anneal_lr)
+        lr = self.optimizer.set_lr(self.cfg.lr, progress, self.cfg.anneal_lr)
         total, n = torch.zeros(()), 0
         for _ in range(self.cfg.vf_iters):
             for rows in torch.randperm(rollout.batch_size).split(self.cfg.vf_batch_size):
                 mb = rollout.select(rows)
                 assert mb.returns is not None
-                loss = value_loss(policy.value(mb.obs), mb.returns, mb.mask)
-                optimizer_step(self.optimizer, loss, self.critic, self.cfg.max_grad_norm)
+                loss = masked_mean(value_error(policy.value(mb.obs), mb.returns), mb.mask)
+                self.optimizer.step(loss, self.cfg.max_grad_norm)
                 total, n = total + loss.detach(), n + 1
         return {"losses/value": float(total) / max(n, 1), "charts/lr": lr}
 

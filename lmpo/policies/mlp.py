@@ -148,7 +148,9 @@ class MLPPolicy(nn.Module):
             if deterministic:
                 actions = dist.argmax(-1)
             else:
-                actions = torch.multinomial(dist.exp(), 1).squeeze(-1)
+                # Gumbel-max: argmax(logits - log E), E ~ Exp(1), is an exact categorical sample
+                # (4 cheap ops; torch.multinomial validates its input and costs 10x more per call)
+                actions = (dist - torch.empty_like(dist).exponential_().log()).argmax(-1)
         else:
             mean, log_std = dist.split(self.act_dim, dim=-1)
             actions = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)

@@ -49,7 +49,8 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dic
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    weights = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    # copies: parameters may be views of one optimiser buffer, and safetensors refuses shared storage
+    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
     save_file(weights, str(tmp / "policy.safetensors"))
     _fsync_path(tmp / "policy.safetensors")
     if _saves == _KILL_DURING_SAVE:

@@ -34,7 +34,7 @@ class ControlCollector:
         return torch.as_tensor(np.asarray(x), dtype=torch.float32, device=self.device)
 
     def _step(self, policy: MLPPolicy) -> dict[str, Any]:
-        """One step of every env; returns the step's record and advances ``self.obs``."""
+        """One step of every env; returns the step's record (tensors from the policy, numpy from the envs)."""
         obs = self._tensor(self.obs)
         out = policy.sample(obs)
         next_obs, reward, terminated, truncated, info = self.env.step(
@@ -42,12 +42,11 @@ class ControlCollector:
         )
         done = terminated | truncated
         # a truncated episode did not end: bootstrap from the value of its last (final) observation
-        boot = torch.zeros(self.num_envs, device=self.device)
+        boot = np.zeros(self.num_envs, dtype=np.float32)
         if policy.has_value and truncated.any():
-            final = np.stack([info["final_obs"][i] for i in np.flatnonzero(truncated)])
-            boot[torch.as_tensor(np.flatnonzero(truncated), device=self.device)] = policy.value(
-                self._tensor(final)
-            ).detach()
+            idx = np.flatnonzero(truncated)
+            final = np.stack([info["final_obs"][i] for i in idx])
+            boot[idx] = policy.value(self._tensor(final)).cpu().numpy()
         self.ep_return += reward
         self.ep_length += 1
         for i in np.flatnonzero(done):
@@ -57,30 +56,32 @@ class ControlCollector:
         self.obs = next_obs
         self.total_steps += self.num_envs
         return {"obs": obs, "actions": out.actions, "logprobs": out.log_probs, "values": out.values,
-                "rewards": self._tensor(reward), "terminated": self._tensor(terminated),
-                "done": self._tensor(done), "boot": boot}
+                "rewards": reward, "done": done, "boot": boot}
+
+    def _stack(self, recs: list[dict[str, Any]], key: str) -> Tensor:
+        """``(B, T, ...)`` from per-step records (one copy; numpy fields are converted once)."""
+        items = [r[key] for r in recs]
+        if isinstance(items[0], np.ndarray):
+            return self._tensor(np.stack(items, axis=1))
+        return torch.stack(items, dim=1)
 
     @torch.no_grad()
     def collect_steps(self, policy: MLPPolicy, steps_per_env: int) -> Rollout:
         """``B = num_envs`` rows of ``T = steps_per_env`` steps; episodes continue across rollouts."""
         recs = [self._step(policy) for _ in range(steps_per_env)]
-
-        def stack(key: str) -> Tensor:
-            return torch.stack([r[key] for r in recs], dim=1)  # (B, T, ...)
-
-        dones = stack("done")
+        ended = self._stack(recs, "done")  # (B, T) an episode ended at t
+        dones = ended.clone()
         dones[:, -1] = 1.0  # the row ends: cut the recursion and bootstrap from V(s_T)
         values = next_values = None
         if policy.has_value:
-            values = stack("values")
+            values = self._stack(recs, "values")
             last = policy.value(self._tensor(self.obs))  # (B,) V(s_T)
             following = torch.cat([values[:, 1:], last.unsqueeze(1)], dim=1)  # V(s_t+1) if no reset between
-            ended = stack("done")
             # after a reset the next row entry belongs to a new episode: use 0 (terminated) or V(final obs)
-            next_values = following * (1.0 - ended) + stack("boot")
-        return Rollout(obs=stack("obs"), actions=stack("actions"), logprobs=stack("logprobs"),
-                       rewards=stack("rewards"), mask=torch.ones_like(dones), dones=dones,
-                       values=values, next_values=next_values)
+            next_values = following * (1.0 - ended) + self._stack(recs, "boot")
+        return Rollout(obs=self._stack(recs, "obs"), actions=self._stack(recs, "actions"),
+                       logprobs=self._stack(recs, "logprobs"), rewards=self._stack(recs, "rewards"),
+                       mask=torch.ones_like(dones), dones=dones, values=values, next_values=next_values)
 
     @torch.no_grad()
     def collect_episodes(self, policy: MLPPolicy, episodes_per_env: int) -> Rollout:
@@ -97,15 +98,13 @@ class ControlCollector:
         while (count < episodes_per_env).any():
             rec = self._step(policy)
             recs.append(rec)
-            count += rec["done"].cpu().numpy().astype(np.int64)
+            count += rec["done"]
+        full = {k: self._stack(recs, k) for k, v in recs[0].items() if v is not None}  # (N, S, ...)
         rows: list[dict[str, Tensor]] = []
-        done = torch.stack([r["done"] for r in recs], dim=1).cpu()  # (N, S)
         for i in range(self.num_envs):
-            ends = torch.nonzero(done[i]).flatten()[:episodes_per_env].tolist()
             start = 0
-            for end in ends:
-                rows.append({k: torch.stack([r[k][i] for r in recs[start:end + 1]]) for k in recs[0]
-                             if recs[0][k] is not None})
+            for end in torch.nonzero(full["done"][i]).flatten()[:episodes_per_env].tolist():
+                rows.append({k: v[i, start:end + 1] for k, v in full.items()})
                 start = end + 1
         return _pad_episodes(rows, policy.has_value, self.device)
 

@@ -88,7 +88,9 @@ class Trainer:
         self.collector = ControlCollector(env, cfg.seed, self.device)
         self.policy = build_policy(cfg, env.single_observation_space, env.single_action_space).to(self.device)
         self.algo = make_algorithm(cfg.algo, self.policy)
-        self.iteration, self.next_eval, self.elapsed = 0, cfg.train.eval_every, 0.0
+        self.iteration, self.next_eval = 0, cfg.train.eval_every
+        # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
+        self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0
         self.last_eval: float | None = None
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
         if ckpt is not None:
@@ -96,6 +98,11 @@ class Trainer:
         else:
             save_config(cfg, self.run_dir)
         self.logger = MetricsLogger(self.run_dir, self.iteration if resume else None, self.collector.total_steps)
+
+    @property
+    def elapsed(self) -> float:
+        """Seconds spent training so far, excluding evaluation, including time before a resume."""
+        return self._elapsed_before + time.perf_counter() - self._clock - self._eval_time
 
     @property
     def ckpt_dir(self) -> Path:
@@ -106,6 +113,7 @@ class Trainer:
     def train(self) -> dict[str, Any]:
         """Run until ``train.total_steps`` environment steps; returns the final summary."""
         cfg, total = self.cfg, self.cfg.train.total_steps
+        self._clock, self._eval_time = time.perf_counter(), 0.0
         with TrainingProgress(total, self.collector.total_steps, enabled=cfg.train.progress) as bar:
             while self.collector.total_steps < total:
                 t0 = time.perf_counter()
@@ -134,7 +142,6 @@ class Trainer:
                 self.policy.update_normalizer(rollout.obs)
                 self.iteration += 1
                 dt = time.perf_counter() - t0
-                self.elapsed += dt
                 # step 6. log / evaluate / checkpoint
                 record = self._record(metrics, rollout.num_steps, dt, t1 - t0, ev)
                 self.logger.log(self.collector.total_steps, record)
@@ -168,9 +175,11 @@ class Trainer:
     def evaluate(self, episodes: int | None = None) -> dict[str, float]:
         """Mean and std of deterministic returns on fresh environments (fixed evaluation seed)."""
         self.policy.eval()
+        start = time.perf_counter()
         returns = evaluate_policy(self.policy, self.cfg.env.id, episodes or self.cfg.train.eval_episodes,
                                   seed=self.cfg.seed + 10_000, kwargs=self.cfg.env.kwargs)
         self.last_eval = float(returns.mean())
+        self._eval_time += time.perf_counter() - start
         return {"eval/mean_return": self.last_eval, "eval/std_return": float(returns.std())}
 
     # ------------------------------------------------------------------------------------ checkpoints
@@ -191,7 +200,7 @@ class Trainer:
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.policy)
         self.algo.load_state_dict(state["algo"])
-        self.iteration, self.next_eval, self.elapsed = state["iteration"], state["next_eval"], state["elapsed"]
+        self.iteration, self.next_eval, self._elapsed_before = state["iteration"], state["next_eval"], state["elapsed"]
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])
