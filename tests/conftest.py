@@ -24,7 +24,7 @@ def make_policy(kind: str = "discrete", critic: str = "separate", **kw) -> MLPPo
 
 def make_rollout(policy: MLPPolicy, b: int = 4, t: int = 6) -> Rollout:
     """A random rollout actually sampled from ``policy``, with advantages computed."""
-    obs = torch.randn(b, t, policy.trunk[0].in_features)
+    obs = torch.randn(b, t, policy.obs_dim)
     step = policy.sample(obs.reshape(b * t, -1))
     actions = step.actions.reshape(b, t, *step.actions.shape[1:])
     values = step.values.reshape(b, t) if step.values is not None else None

@@ -6,6 +6,7 @@ from lmpo.core.advantages import (
     estimate_advantages,
     gae,
     leave_one_out_baseline,
+    reverse_scan,
 )
 from lmpo.core.rollout import Rollout
 from lmpo.core.stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
@@ -22,4 +23,5 @@ __all__ = [
     "masked_sum",
     "masked_var",
     "masked_whiten",
+    "reverse_scan",
 ]

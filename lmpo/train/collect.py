@@ -49,10 +49,11 @@ class ControlCollector:
             boot[idx] = policy.value(self._tensor(final)).cpu().numpy()
         self.ep_return += reward
         self.ep_length += 1
-        for i in np.flatnonzero(done):
-            self.recent.append((float(self.ep_return[i]), int(self.ep_length[i])))
-        self.ep_return[done] = 0.0
-        self.ep_length[done] = 0
+        if done.any():
+            for i in np.flatnonzero(done):
+                self.recent.append((float(self.ep_return[i]), int(self.ep_length[i])))
+            self.ep_return[done] = 0.0
+            self.ep_length[done] = 0
         self.obs = next_obs
         self.total_steps += self.num_envs
         return {"obs": obs, "actions": out.actions, "logprobs": out.log_probs, "values": out.values,

@@ -46,7 +46,7 @@ def test_gaussian_matches_torch_distributions() -> None:
 @pytest.mark.parametrize("kind", ["discrete", "continuous"])
 def test_sample_logprobs_equal_evaluate(kind: str) -> None:
     pol = make_policy(kind)
-    obs = torch.randn(32, pol.trunk[0].in_features)
+    obs = torch.randn(32, pol.obs_dim)
     step = pol.sample(obs)
     ev = pol.evaluate(obs, step.actions)
     assert torch.allclose(step.log_probs, ev.log_probs, atol=1e-6)
