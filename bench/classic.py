@@ -18,6 +18,7 @@ import os
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -163,11 +164,12 @@ def main() -> None:
     parser.add_argument("--algo")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--core", type=int, default=0)
-    parser.add_argument("--runs-dir", default="/tmp/lmpo-bench-runs")
+    parser.add_argument("--runs-dir", help="where lmpo's runs go (default: a new temporary directory)")
     args = parser.parse_args()
     if args.worker:
         _worker(args)
         return
+    args.runs_dir = args.runs_dir or tempfile.mkdtemp(prefix="lmpo-bench-")
     cores = sorted(os.sched_getaffinity(0))[:2]
     results: dict[str, Any] = {}
     for algo in args.algos:

@@ -6,17 +6,47 @@ optimised for several epochs over shuffled minibatches of the same rollout.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import PPOConfig
 from lmpo.core import Rollout
-from lmpo.policies.base import Policy
+from lmpo.policies.base import Evaluation, Policy
 
-_METRICS = ("losses/policy", "losses/value", "losses/entropy", "charts/approx_kl", "charts/clipfrac",
-            "charts/grad_norm")
+
+def _clip_bounds(adv: Tensor, clip: float) -> tuple[Tensor, Tensor]:
+    """Per-step bounds such that ``-min(r A, clip(r, 1 - eps, 1 + eps) A) = -A clamp(r, lo, hi)``.
+
+    For A >= 0 the left side is ``-A min(r, 1 + eps)``; for A < 0 it is ``-A max(r, 1 - eps)``. So
+    ``lo = 1 - eps`` where A < 0 (else -inf) and ``hi = 1 + eps`` where A >= 0 (else +inf).
+    """
+    lo = torch.where(adv < 0, 1 - clip, -math.inf)
+    hi = torch.where(adv >= 0, 1 + clip, math.inf)
+    return lo, hi
+
+
+def _approx_kl(ratio: Tensor, log_ratio: Tensor, w: Tensor) -> Tensor:
+    """k3 estimator of KL(old || new): ``E[(r - 1) - log r]`` (Schulman 2020), weighted mean over steps."""
+    with torch.no_grad():
+        return torch.dot((ratio - 1 - log_ratio).reshape(-1), w.reshape(-1))
+
+
+@torch.no_grad()
+def _last_step_metrics(w: Tensor, ev: Evaluation, pg: Tensor, v_err: Tensor | None, ratio: Tensor,
+                       log_ratio: Tensor, grad_norm: Tensor, clip: float) -> dict[str, float]:
+    """Losses, KL and clip fraction of one minibatch step."""
+    def mean(x: Tensor) -> Tensor:
+        return torch.dot(x.reshape(-1).float(), w.reshape(-1))
+
+    out = {"losses/policy": mean(pg), "losses/entropy": mean(ev.entropy), "charts/grad_norm": grad_norm,
+           "charts/approx_kl": _approx_kl(ratio, log_ratio, w), "charts/clipfrac": mean((ratio - 1).abs() > clip)}
+    if v_err is not None:
+        out["losses/value"] = mean(v_err)
+    return {k: float(v) for k, v in out.items()}
 
 
 class PPO:
@@ -28,52 +58,58 @@ class PPO:
         self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
-        """Epochs x minibatches of clipped-surrogate steps; stops early past ``target_kl``."""
+        """Epochs x minibatches of clipped-surrogate steps; stops early past ``target_kl``.
+
+        Losses, ``approx_kl`` and ``clipfrac`` describe the last minibatch step (as CleanRL logs them):
+        computing them at every step would cost 10% of the update on small policies.
+        """
         assert rollout.advantages is not None and rollout.returns is not None
         cfg = self.cfg
         lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         clip = cfg.clip_range * (1.0 - progress) if cfg.anneal_clip else cfg.clip_range
-        totals = torch.zeros(len(_METRICS))  # running sums of the per-minibatch metrics
-        n_steps, stopped, epochs = 0, False, 0
+        lo, hi = _clip_bounds(rollout.advantages, clip)
+        n_steps, stopped, epochs, last = 0, False, 0, None
         for epochs in range(1, cfg.epochs + 1):  # noqa: B007  (epochs is reported below)
-            for mb in self._minibatches(rollout):
-                adv, returns = mb.advantages, mb.returns
-                assert adv is not None and returns is not None
-                w = mb.mask / mb.mask.sum()  # masked mean over real steps = (x * w).sum()
+            for mb, w, mb_lo, mb_hi in self._minibatches(rollout, lo, hi):
+                assert mb.advantages is not None and mb.returns is not None
                 ev = policy.evaluate(mb.obs, mb.actions)
                 log_ratio = ev.log_probs - mb.logprobs
                 ratio = log_ratio.exp()
-                with torch.no_grad():
-                    approx_kl = ((ratio - 1 - log_ratio) * w).sum()  # k3 estimator of KL(old || new)
-                    clipfrac = (((ratio - 1).abs() > clip) * w).sum()
-                if cfg.target_kl is not None and approx_kl > cfg.target_kl:
+                if cfg.target_kl is not None and _approx_kl(ratio, log_ratio, w) > cfg.target_kl:
                     stopped = True
                     break
-                # clipped surrogate: the pessimistic bound max(-A r, -A clip(r, 1-eps, 1+eps)), per step
-                neg_adv = -adv
-                pg = torch.maximum(neg_adv * ratio, neg_adv * ratio.clamp(1 - clip, 1 + clip))
-                per_step = pg - cfg.ent_coef * ev.entropy
-                v_err = torch.zeros_like(pg)
+                # clipped surrogate, the pessimistic bound -min(r A, clip(r, 1-eps, 1+eps) A), written as one
+                # clamp with per-step bounds (see _clip_bounds): same value and gradient, half the autograd nodes
+                pg = -mb.advantages * ratio.clamp(mb_lo, mb_hi)
+                per_step = pg if cfg.ent_coef == 0 else pg - cfg.ent_coef * ev.entropy
+                v_err = None
                 if ev.values is not None:
-                    v_err = value_error(ev.values, returns, mb.values, cfg.clip_range_vf)
-                    per_step = per_step + cfg.vf_coef * v_err
-                grad_norm = self.optimizer.step((per_step * w).sum(), cfg.max_grad_norm)
-                with torch.no_grad():
-                    parts = torch.stack([pg, v_err, ev.entropy]).reshape(3, -1) @ w.reshape(-1)  # (3,) masked means
-                    totals += torch.cat([parts, torch.stack([approx_kl, clipfrac, grad_norm])])
+                    v_err = value_error(ev.values, mb.returns, mb.values, cfg.clip_range_vf)
+                    per_step = torch.add(per_step, v_err, alpha=cfg.vf_coef)
+                loss = torch.dot(per_step.reshape(-1), w.reshape(-1))  # masked mean over real steps
+                grad_norm = self.optimizer.step(loss, cfg.max_grad_norm)
+                last = (w, ev, pg, v_err, ratio, log_ratio, grad_norm)
                 n_steps += 1
             if stopped:
                 break
-        metrics = dict(zip(_METRICS, (totals / max(n_steps, 1)).tolist(), strict=True))
-        metrics.update({"charts/lr": lr, "charts/clip_range": clip, "charts/epochs": float(epochs),
-                        "charts/early_stop": float(stopped), "charts/minibatch_steps": float(n_steps)})
+        metrics = {"charts/lr": lr, "charts/clip_range": clip, "charts/epochs": float(epochs),
+                   "charts/early_stop": float(stopped), "charts/minibatch_steps": float(n_steps)}
+        if last is not None:
+            metrics.update(_last_step_metrics(*last, clip))
         return metrics
 
-    def _minibatches(self, rollout: Rollout) -> list[Rollout]:
-        """Shuffled minibatches of rows; the rollout itself when one minibatch holds it all (order is moot)."""
+    def _minibatches(self, rollout: Rollout, lo: Tensor, hi: Tensor) -> list[tuple[Rollout, Tensor, Tensor, Tensor]]:
+        """Shuffled minibatches of rows with their mean weights ``mask / sum(mask)`` and clamp bounds.
+
+        When one minibatch holds the whole rollout it is used as it is (the order of rows is moot).
+        """
         if rollout.batch_size <= self.cfg.batch_size:
-            return [rollout]
-        return [rollout.select(rows) for rows in torch.randperm(rollout.batch_size).split(self.cfg.batch_size)]
+            return [(rollout, rollout.mask / rollout.mask.sum(), lo, hi)]
+        out = []
+        for rows in torch.randperm(rollout.batch_size).split(self.cfg.batch_size):
+            m = rollout.mask[rows]
+            out.append((rollout.select(rows), m / m.sum(), lo[rows], hi[rows]))
+        return out
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Protocol, runtime_checkable
 
 from torch import Tensor, nn
@@ -22,9 +24,14 @@ class Evaluation:
     """What ``evaluate`` returns for observations and actions ``(B, T, ...)`` in one forward pass."""
 
     log_probs: Tensor  # (B, T) log pi(a_t | s_t)
-    entropy: Tensor  # (B, T) entropy of pi(. | s_t)
     values: Tensor | None  # (B, T) V(s_t)
     dist: Tensor  # (B, T, P) the distribution's parameters, for ``Policy.kl`` (TRPO's trust region)
+    entropy_of: Callable[[Tensor], Tensor]  # dist -> (B, T) entropy
+
+    @cached_property
+    def entropy(self) -> Tensor:
+        """``(B, T)`` entropy of pi(. | s_t), computed on first use (an unused entropy costs nothing)."""
+        return self.entropy_of(self.dist)
 
 
 @runtime_checkable

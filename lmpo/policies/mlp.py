@@ -122,6 +122,7 @@ class MLPPolicy(nn.Module):
         elif critic == "shared":
             self.critic = MLP([sizes[-1], 1], activation, 1.0)
         self.has_value = critic != "none"
+        self._fused: list[tuple[Tensor, Tensor]] | None = None  # weights of _fused_inference, eval mode only
 
     # ----------------------------------------------------------------------------------------------
     def _features(self, obs: Tensor) -> Tensor:
@@ -130,16 +131,40 @@ class MLPPolicy(nn.Module):
     def _forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         """Distribution parameters ``(..., P)`` and values ``(...)`` in one pass."""
         x = self._features(obs)
+        if self.critic_kind == "separate" and not self.training and not torch.is_grad_enabled():
+            out = self._fused_inference(x)  # (..., A + 1): action head outputs, then the value
+            return self._dist(out[..., :-1]), out[..., -1]
         h = self.trunk(x)
-        if self.discrete:
-            dist = F.log_softmax(self.head(h), dim=-1)  # (..., A) normalised logits
-        else:
-            mean = self.head(h)
-            dist = torch.cat([mean, self.log_std.expand_as(mean)], dim=-1)  # (..., 2A)
         values = None
         if self.critic is not None:
             values = self.critic(h if self.critic_kind == "shared" else x).squeeze(-1)
-        return dist, values
+        return self._dist(self.head(h)), values
+
+    def _dist(self, head_out: Tensor) -> Tensor:
+        if self.discrete:
+            return F.log_softmax(head_out, dim=-1)  # (..., A) normalised logits
+        return torch.cat([head_out, self.log_std.expand_as(head_out)], dim=-1)  # (..., 2A) mean, log-std
+
+    def _fused_inference(self, x: Tensor) -> Tensor:
+        """Actor and separate critic as one MLP with block-diagonal weights: half the ops, for acting.
+
+        Only in ``eval()`` mode without gradients: the fused weights are built on first use and dropped by
+        every ``train()``/``eval()`` switch, so parameters must not change while the policy is in eval mode.
+        """
+        assert self.critic is not None
+        if self._fused is None:
+            actor, critic = [*self.trunk.layers, *self.head.layers], list(self.critic.layers)
+            self._fused = []
+            for i, (a, c) in enumerate(zip(actor, critic, strict=True)):
+                assert isinstance(a, nn.Linear) and isinstance(c, nn.Linear)
+                w = torch.cat([a.weight, c.weight]) if i == 0 else torch.block_diag(a.weight, c.weight)
+                self._fused.append((w, torch.cat([a.bias, c.bias])))
+        layers = self._fused
+        for i, (w, b) in enumerate(layers):
+            x = F.linear(x, w, b)
+            if i < len(layers) - 1:
+                x = self.trunk.act(x)
+        return x
 
     def _log_prob(self, dist: Tensor, actions: Tensor) -> Tensor:
         if self.discrete:
@@ -152,6 +177,11 @@ class MLPPolicy(nn.Module):
         if self.discrete:
             return -(dist.exp() * dist).sum(-1)
         return (dist[..., self.act_dim:] + 0.5 + 0.5 * _LOG_2PI).sum(-1)
+
+    def train(self, mode: bool = True) -> MLPPolicy:
+        """Switch mode (``eval()`` calls this too) and drop the fused inference weights."""
+        self._fused = None
+        return super().train(mode)
 
     # ---------------------------------------------------------------------- the Policy protocol
     @torch.no_grad()
@@ -173,7 +203,7 @@ class MLPPolicy(nn.Module):
     def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
         """Log-probs, entropy, values and distribution parameters of ``actions`` ``(B, T, ...)``."""
         dist, values = self._forward(obs)
-        return Evaluation(self._log_prob(dist, actions), self._entropy(dist), values, dist)
+        return Evaluation(self._log_prob(dist, actions), values, dist, self._entropy)
 
     def value(self, obs: Tensor) -> Tensor:
         """``V(s)``; raises for a policy built without a value function."""

@@ -60,3 +60,19 @@ def test_linear_annealing() -> None:
     algo = PPO(PPOConfig(lr=1e-3, anneal_lr=True, anneal_clip=True, clip_range=0.2, epochs=1), pol)
     m = algo.update(pol, ro, 0.75)
     assert math.isclose(m["charts/lr"], 2.5e-4) and math.isclose(m["charts/clip_range"], 0.05)
+
+
+def test_single_clamp_form_equals_textbook_clipped_objective() -> None:
+    from lmpo.algorithms.ppo import _clip_bounds
+
+    g = torch.Generator().manual_seed(0)
+    adv = torch.randn(1000, generator=g)
+    adv[:10] = 0.0
+    for eps in (0.1, 0.2, 0.3):
+        ratio = (torch.rand(1000, generator=g) * 2).requires_grad_(True)
+        textbook = -torch.min(ratio * adv, ratio.clamp(1 - eps, 1 + eps) * adv)
+        (g1,) = torch.autograd.grad(textbook.sum(), ratio)
+        lo, hi = _clip_bounds(adv, eps)
+        ours = -adv * ratio.clamp(lo, hi)
+        (g2,) = torch.autograd.grad(ours.sum(), ratio)
+        assert torch.allclose(ours, textbook) and torch.allclose(g1, g2)

@@ -98,3 +98,24 @@ def test_bad_spaces_rejected() -> None:
         MLPPolicy(gym.spaces.Discrete(4), gym.spaces.Discrete(2), [8])
     with pytest.raises(ValueError, match="Discrete or flat Box"):
         MLPPolicy(gym.spaces.Box(-1, 1, (2,)), gym.spaces.MultiBinary(3), [8])
+
+
+@pytest.mark.parametrize("kind", ["discrete", "continuous"])
+def test_fused_inference_equals_separate_networks(kind: str) -> None:
+    pol = make_policy(kind)
+    obs = torch.randn(64, pol.obs_dim)
+    with torch.no_grad():
+        ref_dist, ref_values = pol._forward(obs)  # train mode: actor and critic run separately
+        pol.eval()
+        dist, values = pol._forward(obs)
+        assert pol._fused is not None
+    assert torch.allclose(dist, ref_dist, atol=1e-6) and torch.allclose(values, ref_values, atol=1e-6)
+    # the fused weights never outlive a mode switch, so an update between rollouts is always seen
+    pol.train()
+    assert pol._fused is None
+    with torch.no_grad():
+        for p in pol.critic_parameters():
+            p.add_(0.1)
+        pol.eval()
+        _, moved = pol._forward(obs)
+    assert not torch.allclose(moved, ref_values)
