@@ -26,7 +26,7 @@ test: lint
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
-	$(PY) bench/classic.py
+	$(PY) bench/classic.py --seeds 10
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -60,9 +60,13 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dic
     _write(tmp / "state.pt", buf.getvalue())
     _fsync_path(tmp)
     final = ckpt_dir / name
-    if final.exists():
-        shutil.rmtree(final)
-    os.rename(tmp, final)
+    if final.exists():  # never remove the old copy before the new one is in place
+        stale = ckpt_dir / f".tmp-stale-{name}"
+        os.rename(final, stale)
+        os.rename(tmp, final)
+        shutil.rmtree(stale)
+    else:
+        os.rename(tmp, final)
     _write(ckpt_dir / ".latest.tmp", name.encode())
     os.replace(ckpt_dir / ".latest.tmp", ckpt_dir / "latest")
     _fsync_path(ckpt_dir)

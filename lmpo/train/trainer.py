@@ -92,6 +92,7 @@ class Trainer:
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
         self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0
         self.last_eval: float | None = None
+        self._saved_iteration: int | None = None
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
         if ckpt is not None:
             self._restore(ckpt)
@@ -148,7 +149,8 @@ class Trainer:
                 bar.update(self.collector.total_steps, record.get("charts/episode_return"), self.last_eval)
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
-        self.save()
+        if self._saved_iteration != self.iteration:
+            self.save()
         final = self.evaluate()
         self.logger.log(self.collector.total_steps, {"iteration": self.iteration, "final": True, **final})
         self.logger.close()
@@ -195,12 +197,14 @@ class Trainer:
             "collector": None if async_env else pickle.dumps(self.collector),
             "env_steps": self.collector.total_steps,
         }
+        self._saved_iteration = self.iteration
         return save_checkpoint(self.ckpt_dir, self.iteration, self.policy, state, self.cfg.train.keep_checkpoints)
 
     def _restore(self, path: Path) -> None:
         state = load_checkpoint(path, self.policy)
         self.algo.load_state_dict(state["algo"])
         self.iteration, self.next_eval, self._elapsed_before = state["iteration"], state["next_eval"], state["elapsed"]
+        self._saved_iteration = self.iteration
         torch.set_rng_state(state["rng"]["torch"])
         np.random.set_state(state["rng"]["numpy"])
         random.setstate(state["rng"]["python"])

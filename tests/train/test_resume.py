@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from lmpo.config import load_config
-from lmpo.train import Trainer
+from lmpo.train import Trainer, read_run_config
 from lmpo.train.checkpoint import latest_checkpoint
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -111,4 +111,18 @@ def test_in_process_resume_is_exact(tmp_path: Path, recipe: str) -> None:
     assert resumed.iteration == first.iteration > 0
     resumed.train()
     for (k, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
+        assert torch.equal(a, b), k
+
+
+def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
+    over = [f"train.runs_dir={tmp_path}", "train.progress=false", "train.eval_every=0", "train.eval_episodes=1",
+            "train.total_steps=512", "train.checkpoint_every=1"]
+    first = Trainer(load_config(CONFIGS / "cartpole-ppo.yaml", over))
+    first.train()
+    ckpts = sorted(p.name for p in (first.run_dir / "checkpoints").iterdir())
+    again = Trainer(read_run_config(first.run_dir), run_dir=first.run_dir, resume=True)
+    summary = again.train()
+    assert summary["iterations"] == first.iteration
+    assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == ckpts
+    for (k, a), (_, b) in zip(first.policy.state_dict().items(), again.policy.state_dict().items()):
         assert torch.equal(a, b), k
