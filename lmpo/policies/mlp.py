@@ -128,7 +128,7 @@ class MLPPolicy(nn.Module):
     def _features(self, obs: Tensor) -> Tensor:
         return self.normalizer(obs) if self.normalizer is not None else obs
 
-    def _forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         """Distribution parameters ``(..., P)`` and values ``(...)`` in one pass."""
         x = self._features(obs)
         if self.critic_kind == "separate" and not self.training and not torch.is_grad_enabled():
@@ -187,7 +187,7 @@ class MLPPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:
         """Actions for ``obs`` ``(N, obs_dim)``; Gaussian actions are unclipped (the env wrapper clips)."""
-        dist, values = self._forward(obs)
+        dist, values = self.forward(obs)
         if self.discrete:
             if deterministic:
                 actions = dist.argmax(-1)
@@ -202,7 +202,7 @@ class MLPPolicy(nn.Module):
 
     def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
         """Log-probs, entropy, values and distribution parameters of ``actions`` ``(B, T, ...)``."""
-        dist, values = self._forward(obs)
+        dist, values = self.forward(obs)
         return Evaluation(self._log_prob(dist, actions), values, dist, self._entropy)
 
     def value(self, obs: Tensor) -> Tensor:
