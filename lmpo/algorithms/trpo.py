@@ -21,7 +21,7 @@ from torch.nn.utils import parameters_to_vector
 from lmpo.algorithms.base import FlatAdam, value_error
 from lmpo.config import TRPOConfig
 from lmpo.core import Rollout, masked_mean
-from lmpo.policies.base import Policy
+from lmpo.policies.base import Evaluation, Policy
 
 
 def conjugate_gradient(fvp: Callable[[Tensor], Tensor], b: Tensor, iters: int, tol: float = 1e-10) -> Tensor:
@@ -71,17 +71,16 @@ class TRPO:
         """One trust-region policy step and ``vf_iters`` epochs of value regression."""
         cfg, m, adv = self.cfg, rollout.mask, rollout.advantages
         assert adv is not None and rollout.returns is not None
-        with torch.no_grad():
-            old_dist = policy.evaluate(rollout.obs, rollout.actions).dist
+        ev = policy.evaluate(rollout.obs, rollout.actions)
+        old_dist = ev.dist.detach()  # pi_old: the policy before this update
 
-        def surrogate_and_kl() -> tuple[Tensor, Tensor, Tensor]:
-            ev = policy.evaluate(rollout.obs, rollout.actions)
+        def surrogate_and_kl(ev: Evaluation) -> tuple[Tensor, Tensor]:
             ratio = (ev.log_probs - rollout.logprobs).exp()
-            return masked_mean(ratio * adv, m), masked_mean(policy.kl(old_dist, ev.dist), m), ev.entropy
+            return masked_mean(ratio * adv, m), masked_mean(policy.kl(old_dist, ev.dist), m)
 
         # step 1. policy gradient of the surrogate (KL from the same forward pass; it is 0 with zero gradient
         # here, but its Hessian is the Fisher matrix)
-        surr, kl, entropy = surrogate_and_kl()
+        surr, kl = surrogate_and_kl(ev)
         g = flat_grad(surr, self.actor, retain_graph=True)
         # step 2. Fisher-vector products: F v = d/dtheta (grad KL . v), + damping v
         grad_kl = flat_grad(kl, self.actor, create_graph=True)
@@ -101,7 +100,7 @@ class TRPO:
             frac = 1.0
             for steps in range(1, cfg.backtrack_iters + 1):  # noqa: B007  (steps is reported below)
                 _assign(old_params + frac * full_step, self.actor)
-                new_surr, new_kl, _ = surrogate_and_kl()
+                new_surr, new_kl = surrogate_and_kl(policy.evaluate(rollout.obs, rollout.actions))
                 improvement = new_surr - surr.detach()
                 if new_kl <= cfg.max_kl and improvement > 0:
                     accepted = True
@@ -111,7 +110,7 @@ class TRPO:
                 _assign(old_params, self.actor)
                 new_kl, improvement = torch.zeros(()), torch.zeros(())
         metrics = {
-            "losses/policy": -float(surr.detach()), "losses/entropy": float(masked_mean(entropy.detach(), m)),
+            "losses/policy": -float(surr.detach()), "losses/entropy": float(masked_mean(ev.entropy.detach(), m)),
             "trpo/kl": float(new_kl), "trpo/accepted": float(accepted), "trpo/line_search_steps": float(steps),
             "trpo/step_fraction": frac if accepted else 0.0, "trpo/improvement": float(improvement),
             "trpo/expected_improvement": float(expected),

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
 import gymnasium as gym
 import numpy as np
@@ -149,7 +149,8 @@ class MLPPolicy(nn.Module):
         """Actor and separate critic as one MLP with block-diagonal weights: half the ops, for acting.
 
         Only in ``eval()`` mode without gradients: the fused weights are built on first use and dropped by
-        every ``train()``/``eval()`` switch, so parameters must not change while the policy is in eval mode.
+        every ``train()``/``eval()`` switch, ``load_state_dict`` and ``.to()``; an optimiser step must not
+        happen in eval mode (the trainer switches to ``train()`` around every update).
         """
         assert self.critic is not None
         if self._fused is None:
@@ -178,10 +179,20 @@ class MLPPolicy(nn.Module):
             return -(dist.exp() * dist).sum(-1)
         return (dist[..., self.act_dim:] + 0.5 + 0.5 * _LOG_2PI).sum(-1)
 
+    # the fused inference weights are copies: drop them whenever the parameters may change or move
     def train(self, mode: bool = True) -> MLPPolicy:
-        """Switch mode (``eval()`` calls this too) and drop the fused inference weights."""
+        """Switch mode (``eval()`` calls this too)."""
         self._fused = None
         return super().train(mode)
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``."""
+        self._fused = None
+        return super().load_state_dict(state_dict, strict, assign)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> MLPPolicy:  # behind .to(), .cuda(), .double(), ...
+        self._fused = None
+        return super()._apply(fn, recurse)
 
     # ---------------------------------------------------------------------- the Policy protocol
     @torch.no_grad()

@@ -119,3 +119,14 @@ def test_fused_inference_equals_separate_networks(kind: str) -> None:
         pol.eval()
         _, moved = pol.forward(obs)
     assert not torch.allclose(moved, ref_values)
+
+
+def test_fused_inference_sees_loaded_weights() -> None:
+    pol, other = make_policy(), make_policy()
+    obs = torch.randn(8, pol.obs_dim)
+    pol.eval()
+    other.eval()
+    with torch.no_grad():
+        pol.forward(obs)  # builds the fused weights
+        pol.load_state_dict(other.state_dict())
+        assert torch.allclose(pol.forward(obs)[1], other.forward(obs)[1], atol=1e-6)
