@@ -1,4 +1,4 @@
-"""The RL core: the rollout layout, returns, GAE, baselines and masked statistics (torch only)."""
+"""The RL core: the rollout layout, returns, GAE, baselines, KL estimators and controllers (torch only)."""
 
 from lmpo.core.advantages import (
     apply_baseline,
@@ -8,16 +8,26 @@ from lmpo.core.advantages import (
     leave_one_out_baseline,
     reverse_scan,
 )
+from lmpo.core.kl import (
+    AdaptiveKLController,
+    FixedKLController,
+    kl_estimate,
+    kl_penalized_rewards,
+)
 from lmpo.core.rollout import Rollout
 from lmpo.core.stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
 
 __all__ = [
+    "AdaptiveKLController",
+    "FixedKLController",
     "Rollout",
     "apply_baseline",
     "discounted_returns",
     "estimate_advantages",
     "explained_variance",
     "gae",
+    "kl_estimate",
+    "kl_penalized_rewards",
     "leave_one_out_baseline",
     "masked_mean",
     "masked_sum",

@@ -1,0 +1,37 @@
+"""Dialogue data: corpora, the train/held-out split, the tokenizer and the chat format."""
+
+from lmpo.data.corpus import (
+    CorpusError,
+    Dialogue,
+    Turn,
+    load_chatterbot,
+    load_jsonl,
+    split_dialogues,
+)
+from lmpo.data.tokenizer import (
+    CHAT_TEMPLATE,
+    SPECIAL_TOKENS,
+    EncodedDialogue,
+    dialogue_texts,
+    encode_dialogue,
+    encode_prompt,
+    load_tokenizer,
+    train_tokenizer,
+)
+
+__all__ = [
+    "CHAT_TEMPLATE",
+    "SPECIAL_TOKENS",
+    "CorpusError",
+    "Dialogue",
+    "EncodedDialogue",
+    "Turn",
+    "dialogue_texts",
+    "encode_dialogue",
+    "encode_prompt",
+    "load_chatterbot",
+    "load_jsonl",
+    "load_tokenizer",
+    "split_dialogues",
+    "train_tokenizer",
+]

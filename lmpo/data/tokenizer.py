@@ -1,0 +1,104 @@
+"""A byte-level BPE tokenizer for dialogue, trained with Hugging Face ``tokenizers``, and lmpo's chat format.
+
+The chat format (one documented layout used everywhere: pre-training, generation, the environments)::
+
+    <bos><|user|>Hello there<eos><|assistant|>Hi! How are you?<eos><|user|>...
+
+Every turn is its role token, its text, then ``<eos>``; a reply is generated after ``<|assistant|>`` and
+ends at ``<eos>``. The same layout is stored as the tokenizer's Jinja ``chat_template``, so
+``tokenizer.apply_chat_template(messages)`` produces exactly these ids.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
+
+from lmpo.data.corpus import Dialogue, Turn
+
+PAD, BOS, EOS, USER, ASSISTANT = "<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT]
+ROLE_TOKENS = {"user": USER, "assistant": ASSISTANT}
+
+CHAT_TEMPLATE = (
+    "{{ bos_token }}"
+    "{% for m in messages %}{% if m['role'] != 'system' %}"
+    "{% if m['role'] == 'user' %}<|user|>{% else %}<|assistant|>{% endif %}"
+    "{{ m['content'] }}{{ eos_token }}"
+    "{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+
+
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (any text encodes, nothing is unknown) with lmpo's special tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    if vocab_size < 256 + len(SPECIAL_TOKENS):
+        raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
+                                   additional_special_tokens=[USER, ASSISTANT])
+    fast.chat_template = CHAT_TEMPLATE
+    return fast
+
+
+def dialogue_texts(dialogues: Iterable[Dialogue]) -> Iterable[str]:
+    """Every utterance, for tokenizer training."""
+    for d in dialogues:
+        for turn in d:
+            yield turn.content
+
+
+def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
+    """``AutoTokenizer.from_pretrained`` of a local directory (or hub id), checked for the chat format."""
+    tok = AutoTokenizer.from_pretrained(str(name_or_path))
+    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
+    if missing:
+        raise ValueError(f"tokenizer {name_or_path} lacks lmpo's special tokens {missing}")
+    return tok
+
+
+@dataclass
+class EncodedDialogue:
+    """Token ids of a whole dialogue and which of them the model is trained to produce."""
+
+    ids: list[int]
+    loss_mask: list[int]  # 1 on the assistant's tokens and the <eos> that ends each of its turns
+
+
+def _content_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
+    return list(tok.encode(text, add_special_tokens=False))
+
+
+def token_id(tok: PreTrainedTokenizerBase, token: str) -> int:
+    """The id of one special token."""
+    i = tok.convert_tokens_to_ids(token)
+    if not isinstance(i, int):
+        raise ValueError(f"{token!r} is not a single token of this tokenizer")
+    return i
+
+
+def encode_dialogue(tok: PreTrainedTokenizerBase, dialogue: Sequence[Turn]) -> EncodedDialogue:
+    """Ids in lmpo's chat format, with a loss mask on the bot's side of the conversation."""
+    ids, mask = [token_id(tok, BOS)], [0]
+    eos = token_id(tok, EOS)
+    for turn in dialogue:
+        body = _content_ids(tok, turn.content) + [eos]
+        ids += [token_id(tok, ROLE_TOKENS[turn.role]), *body]
+        trained = 1 if turn.role == "assistant" else 0
+        mask += [0] + [trained] * len(body)
+    return EncodedDialogue(ids, mask)
+
+
+def encode_prompt(tok: PreTrainedTokenizerBase, history: Sequence[Turn]) -> list[int]:
+    """The ids a reply is generated from: the history in chat format, then ``<|assistant|>``."""
+    return encode_dialogue(tok, history).ids + [token_id(tok, ASSISTANT)]
