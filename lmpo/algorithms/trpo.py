@@ -130,7 +130,7 @@ class TRPO:
             for rows in torch.randperm(rollout.batch_size).split(self.cfg.vf_batch_size):
                 # only what the regression reads (indexing the whole rollout costs as much as a forward pass)
                 obs, returns, mask = rollout.obs[rows], rollout.returns[rows], rollout.mask[rows]
-                loss = masked_mean(value_error(policy.value(obs), returns), mask)
+                loss = masked_mean(value_error(policy.value(obs, rollout.actions[rows]), returns), mask)
                 self.optimizer.step(loss, self.cfg.max_grad_norm)
                 total, n = total + loss.detach(), n + 1
         return {"losses/value": float(total) / max(n, 1), "charts/lr": lr}

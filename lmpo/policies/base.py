@@ -14,9 +14,10 @@ from torch import Tensor, nn
 class PolicyStep:
     """What ``sample`` returns for a batch of observations ``(N, ...)``."""
 
-    actions: Tensor  # (N, *action_shape) the actions actually taken
-    log_probs: Tensor  # (N,) log-probability under exactly the distribution sampled from
-    values: Tensor | None  # (N,) V(s), or None for a policy without a value function
+    actions: Tensor  # (N, *action_shape) the actions actually taken; (B, T) tokens for a language model
+    log_probs: Tensor  # (N,) log-probability under exactly the distribution sampled from; (B, T) for LMs
+    values: Tensor | None  # (N,) V(s), or None for a policy without a value function; (B, T) for LMs
+    mask: Tensor | None = None  # (B, T) real tokens, for policies that emit variable-length sequences
 
 
 @dataclass
@@ -49,8 +50,8 @@ class Policy(Protocol):
         """Score given actions: log-probs, entropy, values and distribution parameters, with gradients."""
         ...
 
-    def value(self, obs: Any) -> Tensor:
-        """``V(s)`` for a batch of observations."""
+    def value(self, obs: Any, actions: Tensor | None = None) -> Tensor:
+        """``V(s)`` for a batch of observations (a language model reads it along the reply ``actions``)."""
         ...
 
     def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:

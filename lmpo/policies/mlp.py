@@ -216,8 +216,8 @@ class MLPPolicy(nn.Module):
         dist, values = self.forward(obs)
         return Evaluation(self._log_prob(dist, actions), values, dist, self._entropy)
 
-    def value(self, obs: Tensor) -> Tensor:
-        """``V(s)``; raises for a policy built without a value function."""
+    def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
+        """``V(s)`` (``actions`` are not needed); raises for a policy built without a value function."""
         if self.critic is None:
             raise RuntimeError("this policy has no value function (critic='none')")
         x = self._features(obs)

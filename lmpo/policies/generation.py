@@ -1,0 +1,92 @@
+"""Batched generation with a cache (KV for transformers, hidden state for recurrent models).
+
+Every step samples from ``sampling_logprobs`` and records the log-probability of the sampled token under
+that very distribution, with the value of the state it was sampled in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from lmpo.core import Rollout
+from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
+
+
+@dataclass
+class Generation:
+    """Replies ``(B, T)`` right-padded with the pad id, and per-token records."""
+
+    tokens: Tensor  # (B, T) sampled ids, pad after the end
+    mask: Tensor  # (B, T) 1.0 for generated tokens (the stopping <eos> included)
+    logprobs: Tensor  # (B, T) log-prob under the distribution sampled from
+    values: Tensor  # (B, T) value of the state each token was sampled in
+
+
+@torch.no_grad()
+def generate(policy: object, prompts: Tensor, settings: SamplingConfig | None = None,
+             stop: Callable[[list[int]], bool] | None = None, use_cache: bool = True) -> Generation:
+    """Sample replies to left-padded ``prompts (B, P)`` from an ``LMPolicy``.
+
+    A row ends at ``<eos>``, when ``stop(tokens_so_far)`` says so (stop strings), or after
+    ``max_new_tokens``. ``use_cache=False`` re-runs the whole sequence every step (for tests).
+    """
+    from lmpo.policies.lm import LMPolicy
+
+    assert isinstance(policy, LMPolicy)
+    cfg = settings or policy.sampling
+    b = prompts.shape[0]
+    device = prompts.device
+    ids, mask = prompts, prompts != policy.pad_id
+    tokens = torch.full((b, cfg.max_new_tokens), policy.pad_id, dtype=torch.long, device=device)
+    logprobs = torch.zeros(b, cfg.max_new_tokens, device=device)
+    values = torch.zeros(b, cfg.max_new_tokens, device=device)
+    done = torch.zeros(b, dtype=torch.bool, device=device)
+    with policy._no_dropout():
+        logits, hidden, cache = policy.body(ids, mask)
+        for t in range(cfg.max_new_tokens):
+            logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.eos_id)  # (B, V)
+            if cfg.greedy:
+                tok = logp.argmax(-1)
+            else:  # Gumbel-max on the final log-probs: an exact sample of that distribution
+                tok = (logp - torch.empty_like(logp).exponential_().log()).argmax(-1)
+            tok = tok.masked_fill(done, policy.pad_id)
+            tokens[:, t] = tok
+            logprobs[:, t] = logp.gather(-1, tok.clamp_min(0).unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
+            values[:, t] = policy.value_head(hidden[:, -1]).squeeze(-1).masked_fill(done, 0.0)
+            done = done | (tok == policy.eos_id)
+            if stop is not None:
+                for i in torch.nonzero(~done).flatten().tolist():
+                    done[i] = stop(tokens[i, : t + 1].tolist())
+            if bool(done.all()) or t == cfg.max_new_tokens - 1:
+                break
+            step_ids = tok.unsqueeze(1)
+            mask = torch.cat([mask, (tok != policy.pad_id).unsqueeze(1)], dim=1)  # pad is never sampled
+            if use_cache:
+                logits, hidden, cache = policy.body(step_ids, mask, cache)
+            else:
+                ids = torch.cat([ids, step_ids], dim=1)
+                logits, hidden, _ = policy.body(ids, mask)
+    reply_mask = (tokens != policy.pad_id).float()
+    return Generation(tokens, reply_mask, logprobs * reply_mask, values * reply_mask)
+
+
+def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Tensor | None = None) -> Rollout:
+    """A ``Rollout`` of one reply per row: the reward ``(B,)`` on the reply's last token, which ends it.
+
+    Inside a reply ``V(s_t+1)`` is the next token's value; after the last token the episode (of this
+    utterance) is over, so it bootstraps from 0.
+    """
+    mask = gen.mask
+    last = (mask.sum(1).long() - 1).clamp_min(0)  # (B,) index of each reply's last token
+    rows = torch.arange(mask.shape[0], device=mask.device)
+    per_token = torch.zeros_like(mask)
+    per_token[rows, last] = rewards.to(mask.dtype)
+    dones = torch.zeros_like(mask)
+    dones[rows, last] = 1.0
+    next_values = torch.cat([gen.values[:, 1:], torch.zeros_like(gen.values[:, :1])], dim=1) * (1 - dones) * mask
+    return Rollout(obs=prompts, actions=gen.tokens, logprobs=gen.logprobs, rewards=per_token, mask=mask,
+                   dones=dones, values=gen.values, next_values=next_values, group_ids=group_ids)

@@ -1,0 +1,105 @@
+"""Language-model policies: a causal LM body plus a value head, behind the same ``Policy`` protocol.
+
+Layout of a language-model rollout: ``obs`` are prompts ``(B, P)`` left-padded with the pad id,
+``actions`` are replies ``(B, T)`` right-padded with it; the pad id is never sampled, so both masks follow
+from the ids. The value of response position ``t`` is read from the hidden state that predicts token ``t``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from lmpo.policies.base import Evaluation, PolicyStep
+from lmpo.policies.sampling import SamplingConfig, entropy_of, kl_of, sampling_logprobs
+
+
+class LMBody(Protocol):
+    """A causal LM with a cache: GRU/LSTM, the small GPT, or a Hugging Face model."""
+
+    hidden_size: int
+    vocab_size: int
+
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+        """``ids (B, L)`` new tokens, ``mask (B, L_past + L)`` real tokens (contiguous, left and right
+        padding allowed); returns ``logits (B, L, V)``, ``hidden (B, L, H)`` and the cache to continue."""
+        ...
+
+
+class LMPolicy(nn.Module):
+    """A language model as a policy: actions are tokens, a row is one reply."""
+
+    markov = False
+    has_value = True
+
+    def __init__(self, body: nn.Module, pad_id: int, eos_id: int, sampling: SamplingConfig | None = None) -> None:
+        super().__init__()
+        self.body = body
+        self.value_head = nn.Linear(int(body.hidden_size), 1)  # type: ignore[arg-type]
+        nn.init.zeros_(self.value_head.weight)
+        nn.init.zeros_(self.value_head.bias)
+        self.pad_id, self.eos_id = pad_id, eos_id
+        self.sampling = sampling or SamplingConfig()
+
+    @contextlib.contextmanager
+    def _no_dropout(self) -> Iterator[None]:
+        """Score and sample without dropout: the ratio of identical parameters must be exactly 1."""
+        was = self.body.training
+        self.body.eval()
+        try:
+            yield
+        finally:
+            self.body.train(was)
+
+    def _score(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """One teacher-forced pass; sampling log-probs ``(B, T, V)``, values ``(B, T)``, reply mask."""
+        p, t = prompts.shape[1], replies.shape[1]
+        ids = torch.cat([prompts, replies], dim=1)  # (B, P + T)
+        mask = ids != self.pad_id
+        with self._no_dropout():
+            logits, hidden, _ = self.body(ids, mask)
+        # position P - 1 + t predicts reply token t
+        logits, hidden = logits[:, p - 1: p + t - 1], hidden[:, p - 1: p + t - 1]
+        steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)
+        logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.eos_id)
+        values = self.value_head(hidden).squeeze(-1)
+        return logp, values, replies != self.pad_id
+
+    # ---------------------------------------------------------------------- the Policy protocol
+    def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:
+        """Generate replies to left-padded prompts ``(B, P)`` (greedy when ``deterministic``)."""
+        from lmpo.policies.generation import generate
+
+        settings = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens,
+                                  min_new_tokens=self.sampling.min_new_tokens) if deterministic else None
+        out = generate(self, obs, settings)
+        return PolicyStep(out.tokens, out.logprobs, out.values, out.mask)
+
+    def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
+        """Log-probs, values and distributions of every reply token of the batch in one forward pass."""
+        logp_all, values, mask = self._score(obs, actions)
+        logp = logp_all.gather(-1, actions.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        return Evaluation(logp.masked_fill(~mask, 0.0), values * mask, logp_all, entropy_of)
+
+    def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
+        """``V`` at every reply position ``(B, T)`` (the value needs the reply it is read along)."""
+        if actions is None:
+            raise ValueError("a language-model value is read along a reply: pass the actions")
+        _, values, mask = self._score(obs, actions)
+        return values * mask
+
+    def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:
+        """``KL(old || new)`` per token over the vocabulary."""
+        return kl_of(old_dist, new_dist)
+
+    def actor_parameters(self) -> list[nn.Parameter]:
+        """The language model's parameters."""
+        return list(self.body.parameters())
+
+    def critic_parameters(self) -> list[nn.Parameter]:
+        """The value head (it reads the body's hidden states)."""
+        return list(self.value_head.parameters())

@@ -1,0 +1,88 @@
+"""The distribution a language-model policy samples from, shared by generation and scoring.
+
+Generation and ``evaluate`` both call ``sampling_logprobs``, so the log-probability stored for a token is
+that of exactly the distribution it was drawn from (after temperature, top-k, top-p, bans and epsilon).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """How replies are sampled; greedy decoding is ``temperature=0``."""
+
+    temperature: float = 1.0
+    top_k: int = 0  # 0: off
+    top_p: float = 1.0  # 1.0: off
+    epsilon: float = 0.0  # probability of a uniformly random (allowed) token
+    min_new_tokens: int = 1  # <eos> is banned before this many tokens
+    max_new_tokens: int = 32
+
+    def __post_init__(self) -> None:
+        if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.epsilon <= 1:
+            raise ValueError(f"invalid sampling settings {self}")
+        if self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
+            raise ValueError("need 0 <= min_new_tokens <= max_new_tokens and max_new_tokens >= 1")
+
+    @property
+    def greedy(self) -> bool:
+        """Whether decoding takes the most likely token."""
+        return self.temperature == 0
+
+
+def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, pad_id: int, eos_id: int) -> Tensor:
+    """Log-probabilities ``(..., V)`` of the sampling distribution at response position ``step``.
+
+    ``pad`` is never emitted; ``eos`` is banned while ``step < min_new_tokens``; then temperature,
+    top-k and top-p filter; epsilon mixes in the uniform distribution over the allowed tokens.
+    Greedy settings (temperature 0) score with temperature 1 (the mode is what is taken).
+    """
+    x = logits.float()
+    if cfg.temperature not in (0.0, 1.0):
+        x = x / cfg.temperature
+    banned = torch.zeros_like(x, dtype=torch.bool)
+    banned[..., pad_id] = True
+    if cfg.min_new_tokens > 0:
+        early = torch.as_tensor(step, device=x.device) < cfg.min_new_tokens  # (...) or scalar
+        banned[..., eos_id] |= early
+    x = x.masked_fill(banned, float("-inf"))
+    allowed = ~banned
+    if cfg.top_k and cfg.top_k < x.shape[-1]:
+        kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
+        x = x.masked_fill(x < kth, float("-inf"))
+    if cfg.top_p < 1.0:
+        sorted_x, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(sorted_x, dim=-1)
+        # drop a token when the tokens ranked above it already cover top_p (the first token always stays)
+        drop_sorted = (probs.cumsum(-1) - probs) >= cfg.top_p
+        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
+        x = x.masked_fill(drop, float("-inf"))
+    logp = torch.log_softmax(x, dim=-1)
+    if cfg.epsilon > 0:
+        # p = (1 - eps) p_filtered + eps * uniform(allowed tokens), in log space. Inside logaddexp every
+        # -inf (banned or filtered token) becomes -1e4: exp(-1e4) is exactly 0 in float32, so no probability
+        # changes, while logaddexp's first and second derivatives (TRPO's Fisher products) stay finite.
+        log_uniform = -torch.log(allowed.sum(-1, keepdim=True).float()) + math.log(cfg.epsilon)
+        kept = logp.masked_fill(~torch.isfinite(logp), -1e4)
+        kept = kept + math.log1p(-cfg.epsilon) if cfg.epsilon < 1 else torch.full_like(kept, -1e4)
+        logp = torch.logaddexp(kept, log_uniform.expand_as(kept)).masked_fill(banned, float("-inf"))
+    return logp
+
+
+def entropy_of(logp: Tensor) -> Tensor:
+    """Entropy of distributions given as log-probabilities (``-inf`` entries contribute 0)."""
+    p = logp.exp()
+    return -(p * logp.masked_fill(p == 0, 0.0)).sum(-1)
+
+
+def kl_of(old: Tensor, new: Tensor) -> Tensor:
+    """``KL(old || new)`` of distributions given as log-probabilities; 0 where ``old`` has no mass."""
+    p = old.exp()
+    diff = (old - new).masked_fill(p == 0, 0.0)
+    return (p * diff).sum(-1)

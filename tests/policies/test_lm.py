@@ -1,0 +1,131 @@
+"""Language-model policies: generation log-probs equal evaluate's, cached = uncached decoding, the
+sampling transform, and REINFORCE / TRPO / PPO updates on language-model rollouts."""
+
+import math
+
+import pytest
+import torch
+
+from lmpo.algorithms import PPO, TRPO, Reinforce
+from lmpo.config import AdvantageConfig, PPOConfig, ReinforceConfig, TRPOConfig
+from lmpo.core import estimate_advantages
+from lmpo.policies import Policy
+from lmpo.policies.generation import generate, to_rollout
+from lmpo.policies.gpt import GPT, GPTConfig
+from lmpo.policies.lm import LMPolicy
+from lmpo.policies.recurrent import RecurrentLM
+from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
+
+V, PAD, EOS = 40, 0, 2
+BODIES = {
+    "gru": lambda: RecurrentLM(V, "gru", embed=16, hidden=32),
+    "lstm": lambda: RecurrentLM(V, "lstm", embed=16, hidden=32),
+    "transformer": lambda: GPT(GPTConfig(V, n_layer=2, n_head=2, d_model=32, max_len=64)),
+}
+FULL = SamplingConfig(temperature=0.8, top_k=15, top_p=0.9, epsilon=0.05, min_new_tokens=2, max_new_tokens=10)
+PROMPTS = torch.tensor([[0, 0, 1, 5, 6], [0, 1, 7, 8, 9], [1, 3, 4, 5, 6], [0, 0, 0, 1, 9]])
+
+
+def _policy(kind: str, sampling: SamplingConfig = FULL) -> LMPolicy:
+    torch.manual_seed(0)
+    return LMPolicy(BODIES[kind](), PAD, EOS, sampling)
+
+
+@pytest.mark.parametrize("kind", list(BODIES))
+@pytest.mark.parametrize("sampling", [FULL, SamplingConfig(max_new_tokens=10)])
+def test_generation_logprobs_equal_evaluate(kind: str, sampling: SamplingConfig) -> None:
+    pol = _policy(kind, sampling)
+    pol.train()  # dropout must not change scores: generation and evaluation both run without it
+    gen = generate(pol, PROMPTS)
+    ev = pol.evaluate(PROMPTS, gen.tokens)
+    assert torch.allclose(ev.log_probs, gen.logprobs, atol=1e-5)
+    assert torch.allclose(ev.values, gen.values, atol=1e-5)
+    # replies: real tokens then pad; an <eos> ends a reply and is part of it; nothing before min_new_tokens
+    for row, m in zip(gen.tokens, gen.mask):
+        n = int(m.sum())
+        assert (row[n:] == PAD).all() and (row[:n] != PAD).all()
+        assert n == sampling.max_new_tokens or row[n - 1] == EOS
+        assert EOS not in row[: sampling.min_new_tokens].tolist() or sampling.min_new_tokens == 0
+
+
+@pytest.mark.parametrize("kind", list(BODIES))
+def test_cached_greedy_equals_uncached(kind: str) -> None:
+    pol = _policy(kind)
+    greedy = SamplingConfig(temperature=0.0, max_new_tokens=12, min_new_tokens=0)
+    a = generate(pol, PROMPTS, greedy)
+    b = generate(pol, PROMPTS, greedy, use_cache=False)
+    assert torch.equal(a.tokens, b.tokens)
+    assert torch.allclose(a.logprobs, b.logprobs, atol=1e-5)
+    same = SamplingConfig(temperature=0.0, max_new_tokens=FULL.max_new_tokens, min_new_tokens=FULL.min_new_tokens)
+    assert torch.equal(pol.sample(PROMPTS, deterministic=True).actions, generate(pol, PROMPTS, same).tokens)
+
+
+def test_stop_callback_ends_rows() -> None:
+    pol = _policy("gru", SamplingConfig(max_new_tokens=10, min_new_tokens=0))
+    gen = generate(pol, PROMPTS, stop=lambda toks: len(toks) >= 3)
+    assert (gen.mask.sum(1) <= 3).all()
+
+
+def test_protocol() -> None:
+    assert isinstance(_policy("gru"), Policy)
+
+
+def test_sampling_transform() -> None:
+    logits = torch.tensor([[0.0, 3.0, 1.0, 2.0, 0.5, -1.0]])  # pad 0, eos 2
+    p = sampling_logprobs(logits, 0, SamplingConfig(min_new_tokens=1), PAD, EOS).exp()
+    assert p[0, PAD] == 0 and p[0, EOS] == 0 and math.isclose(float(p.sum()), 1.0, rel_tol=1e-6)
+    p = sampling_logprobs(logits, 5, SamplingConfig(top_k=2, min_new_tokens=1), PAD, EOS).exp()
+    assert (p[0] > 0).nonzero().flatten().tolist() == [1, 3]
+    # top-p 0.7: token 1 alone has p ~ 0.6 < 0.7, so the next most likely (token 3) is kept too
+    full = sampling_logprobs(logits, 5, SamplingConfig(min_new_tokens=0), PAD, EOS).exp()
+    assert full[0, 1] < 0.7
+    p = sampling_logprobs(logits, 5, SamplingConfig(top_p=0.7, min_new_tokens=0), PAD, EOS).exp()
+    assert (p[0] > 0).nonzero().flatten().tolist() == [1, 3]
+    p = sampling_logprobs(logits, 5, SamplingConfig(top_k=1, epsilon=0.1, min_new_tokens=0), PAD, EOS).exp()
+    allowed = 5  # everything but pad
+    assert math.isclose(float(p[0, 1]), 0.9 + 0.1 / allowed, rel_tol=1e-5)
+    assert math.isclose(float(p[0, 4]), 0.1 / allowed, rel_tol=1e-5) and p[0, PAD] == 0
+    t = sampling_logprobs(logits, 5, SamplingConfig(temperature=0.5, min_new_tokens=0), PAD, EOS)
+    ref = torch.log_softmax(torch.cat([torch.tensor([-math.inf]), logits[0, 1:] / 0.5]), -1)
+    assert torch.allclose(t[0], ref)
+
+
+def test_samples_follow_the_recorded_distribution() -> None:
+    pol = _policy("gru", SamplingConfig(temperature=0.7, top_k=6, epsilon=0.1, max_new_tokens=1, min_new_tokens=0))
+    prompts = PROMPTS[2:3].expand(20_000, -1)
+    gen = generate(pol, prompts)
+    logp = pol.evaluate(prompts[:1], gen.tokens[:1]).dist[0, 0]  # (V,) the sampling distribution
+    freq = torch.bincount(gen.tokens[:, 0], minlength=V).float() / len(gen.tokens)
+    assert torch.allclose(freq, logp.exp(), atol=0.012)
+
+
+def _lm_rollout(pol: LMPolicy, k: int = 2):
+    prompts = PROMPTS.repeat_interleave(k, 0)
+    gen = generate(pol, prompts)
+    rewards = ((gen.tokens % 2 == 1) & (gen.mask > 0)).sum(1) / gen.mask.sum(1)  # share of odd token ids
+    assert rewards.std() > 0
+    ro = to_rollout(prompts, gen, rewards, torch.arange(len(PROMPTS)).repeat_interleave(k))
+    return ro
+
+
+@pytest.mark.parametrize("kind", list(BODIES))
+@pytest.mark.parametrize("algo", ["reinforce", "trpo", "ppo"])
+def test_algorithms_update_language_models(kind: str, algo: str) -> None:
+    pol = _policy(kind)
+    ro = _lm_rollout(pol)
+    if algo == "reinforce":
+        ro = estimate_advantages(ro, "returns", 1.0, baseline="loo", whiten=False)
+        a = Reinforce(ReinforceConfig(lr=1e-2, advantage=AdvantageConfig(estimator="returns", baseline="loo")), pol)
+    elif algo == "trpo":
+        ro = estimate_advantages(ro, "gae", 1.0, 0.95, whiten=True)
+        a = TRPO(TRPOConfig(vf_iters=2, vf_batch_size=4), pol)
+    else:
+        ro = estimate_advantages(ro, "gae", 1.0, 0.95, whiten=True)
+        a = PPO(PPOConfig(epochs=2, batch_size=4), pol)
+    before = [p.detach().clone() for p in pol.parameters()]
+    metrics = a.update(pol, ro, 0.0)
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    changed = [not torch.equal(b, p) for b, p in zip(before, pol.parameters())]
+    assert any(changed)
+    if algo == "trpo":
+        assert metrics["trpo/kl"] <= 0.01 + 1e-6
