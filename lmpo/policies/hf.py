@@ -1,0 +1,71 @@
+"""Any Hugging Face ``AutoModelForCausalLM`` as an lmpo language-model body, with its tokenizer.
+
+Loads from a local directory or a hub id (``from_pretrained``); saves with ``save_pretrained`` so that
+``AutoModelForCausalLM.from_pretrained(dir)`` loads the trained weights. The value head lives beside it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from lmpo.policies.lm import LMPolicy
+from lmpo.policies.sampling import SamplingConfig
+
+
+class HFCausalLM(nn.Module):
+    """Adapter from ``(ids, mask, cache)`` to a transformers causal LM; positions count real tokens only."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+        config: Any = model.config
+        self.vocab_size = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
+        self.hidden_size = int(config.hidden_size)
+
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+        """See ``LMBody``."""
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
+                         use_cache=True, output_hidden_states=True)
+        return out.logits.float(), out.hidden_states[-1], out.past_key_values
+
+
+def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,
+                   attn_implementation: str | None = None, dtype: torch.dtype | None = None
+                   ) -> tuple[LMPolicy, Any]:
+    """``(policy, tokenizer)`` from a local directory or hub id.
+
+    ``attn_implementation="eager"`` is needed for TRPO (its Fisher products differentiate attention
+    twice, which fused kernels do not support). A tokenizer without a pad token gets its EOS as pad.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs: dict[str, Any] = {}
+    if attn_implementation is not None:
+        kwargs["attn_implementation"] = attn_implementation
+    if dtype is not None:
+        kwargs["dtype"] = dtype
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    policy = LMPolicy(HFCausalLM(model), int(tokenizer.pad_token_id), int(tokenizer.eos_token_id), sampling)
+    return policy, tokenizer
+
+
+def save_hf_policy(policy: LMPolicy, tokenizer: Any, path: str | Path) -> None:
+    """``save_pretrained`` of the model and tokenizer, plus ``value_head.safetensors`` beside them."""
+    from safetensors.torch import save_file
+
+    body = policy.body
+    if not isinstance(body, HFCausalLM):
+        raise TypeError("save_hf_policy needs a policy built by load_hf_policy")
+    path = Path(path)
+    body.model.save_pretrained(path)  # type: ignore[operator]
+    tokenizer.save_pretrained(path)
+    save_file({k: v.detach().cpu().clone() for k, v in policy.value_head.state_dict().items()},
+              str(path / "value_head.safetensors"))
