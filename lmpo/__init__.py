@@ -1,1 +1,3 @@
-"""lmpo."""
+"""lmpo: REINFORCE, TRPO and PPO for language-model and control policies."""
+
+import lmpo.envs  # noqa: F401  (registers lmpo/Chatbot-v0 with Gymnasium)
