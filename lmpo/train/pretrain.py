@@ -1,0 +1,95 @@
+"""Supervised pre-training of a dialogue model: next-token loss on the bot's side of each conversation.
+
+Its result starts RL and, frozen, is the reference the KL penalty keeps the policy close to.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from lmpo.data.tokenizer import EncodedDialogue
+from lmpo.policies.lm import LMPolicy
+from lmpo.train.progress import TrainingProgress
+
+
+@dataclass
+class PretrainConfig:
+    """Settings of supervised pre-training."""
+
+    epochs: int = 10
+    lr: float = 2e-3
+    batch_size: int = 32
+    max_len: int = 128
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    seed: int = 0
+
+
+def _batches(data: Sequence[EncodedDialogue], batch_size: int, max_len: int, pad_id: int,
+             order: Sequence[int]) -> Iterator[tuple[Tensor, Tensor]]:
+    """Right-padded ``ids (B, L)`` and ``loss_mask (B, L)``, truncated to the last ``max_len`` tokens."""
+    for start in range(0, len(order), batch_size):
+        rows = [data[i] for i in order[start:start + batch_size]]
+        width = min(max_len, max(len(r.ids) for r in rows))
+        ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+        mask = torch.zeros(len(rows), width)
+        for j, r in enumerate(rows):
+            n = min(width, len(r.ids))
+            ids[j, :n] = torch.tensor(r.ids[-n:])
+            mask[j, :n] = torch.tensor(r.loss_mask[-n:], dtype=torch.float)
+        yield ids, mask
+
+
+def _nll(policy: LMPolicy, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
+    """Summed negative log-likelihood of the trained tokens, and their count."""
+    logits, _, _ = policy.body(ids, ids != policy.pad_id)
+    target_mask = loss_mask[:, 1:]  # token t+1 is predicted at position t
+    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
+    return (nll * target_mask.reshape(-1)).sum(), target_mask.sum()
+
+
+@torch.no_grad()
+def perplexity(policy: LMPolicy, data: Sequence[EncodedDialogue], batch_size: int = 64, max_len: int = 128) -> float:
+    """``exp`` of the mean NLL per bot token (dropout off)."""
+    was = policy.training
+    policy.eval()
+    total, count = 0.0, 0.0
+    for ids, mask in _batches(data, batch_size, max_len, policy.pad_id, range(len(data))):
+        nll, n = _nll(policy, ids, mask)
+        total, count = total + float(nll), count + float(n)
+    policy.train(was)
+    return math.exp(total / max(count, 1.0))
+
+
+def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequence[EncodedDialogue],
+             cfg: PretrainConfig, progress: bool = True) -> dict[str, float]:
+    """AdamW on the body for ``cfg.epochs``; returns final train loss and train/held-out perplexity."""
+    rng = np.random.default_rng(cfg.seed)
+    params = policy.actor_parameters()
+    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
+    policy.train()
+    loss = torch.zeros(())
+    with TrainingProgress(cfg.epochs * steps_per_epoch, 0, enabled=progress, label="pretrain") as bar:
+        done = 0
+        for _ in range(cfg.epochs):
+            for ids, mask in _batches(train, cfg.batch_size, cfg.max_len, policy.pad_id, rng.permutation(len(train))):
+                nll, n = _nll(policy, ids, mask)
+                loss = nll / n.clamp_min(1.0)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+                opt.step()
+                sched.step()
+                done += 1
+                bar.update(done, None, None, info=f"loss {float(loss.detach()):.3f}")
+    return {"pretrain/loss": float(loss.detach()), "pretrain/train_ppl": perplexity(policy, train, max_len=cfg.max_len),
+            "pretrain/heldout_ppl": perplexity(policy, heldout, max_len=cfg.max_len) if heldout else float("nan")}
