@@ -81,7 +81,8 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
     with TrainingProgress(cfg.epochs * steps_per_epoch, 0, enabled=progress, label="pretrain") as bar:
         done = 0
         for _ in range(cfg.epochs):
-            for ids, mask in _batches(train, cfg.batch_size, cfg.max_len, policy.pad_id, rng.permutation(len(train))):
+            order = rng.permutation(len(train)).tolist()
+            for ids, mask in _batches(train, cfg.batch_size, cfg.max_len, policy.pad_id, order):
                 nll, n = _nll(policy, ids, mask)
                 loss = nll / n.clamp_min(1.0)
                 opt.zero_grad(set_to_none=True)
