@@ -1,0 +1,128 @@
+"""Collect rollouts of dialogue: conversations with the simulated user, one row per bot reply.
+
+Step 1 (collect), 2 (reward) and 3 (shape) of the loop for text: replies are generated in batches for
+every conversation still going on, the user judges them (reward on the reply's last token), and every
+token pays ``kl_coef * KL(pi || pi_ref)`` to the frozen reference. A conversation's replies are linked:
+the last token of a reply bootstraps from the value of the next reply's first state.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from lmpo.core import FixedKLController, Rollout, kl_estimate
+from lmpo.core.kl import KLEstimator
+from lmpo.data.tokenizer import encode_prompt
+from lmpo.envs.chatbot import ChatbotBatch
+from lmpo.policies.generation import generate
+from lmpo.policies.lm import LMPolicy
+
+
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """``(B, max_len)`` with each row's ids at the right end."""
+    width = max(map(len, rows))
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = torch.tensor(r)
+    return out.to(device)
+
+
+def right_pad(rows: list[Tensor], pad_value: float | int) -> Tensor:
+    """``(B, max_len)`` with each row's values at the left end."""
+    width = max(len(r) for r in rows)
+    out = torch.full((len(rows), width), pad_value, dtype=rows[0].dtype)
+    for i, r in enumerate(rows):
+        out[i, : len(r)] = r
+    return out
+
+
+@dataclass
+class ChatStats:
+    """What happened in a batch of conversations."""
+
+    satisfaction: float  # share of replies the user was satisfied with
+    mean_reward: float  # mean verdict value per reply
+    mean_turns: float  # replies per conversation
+    mean_kl: float  # mean per-token KL to the reference
+    mean_reply_tokens: float
+
+
+class ChatbotCollector:
+    """Runs ``conversations x samples_per_prompt`` simulated conversations per rollout."""
+
+    def __init__(self, batch: ChatbotBatch, tokenizer: object, reference: LMPolicy | None, kl: FixedKLController,
+                 kl_estimator: KLEstimator = "k1", conversations: int = 16, samples_per_prompt: int = 4,
+                 max_prompt_tokens: int = 96, gamma: float = 1.0, seed: int = 0) -> None:
+        self.batch, self.tokenizer, self.reference, self.kl = batch, tokenizer, reference, kl
+        self.kl_estimator, self.gamma = kl_estimator, gamma
+        self.conversations, self.k, self.max_prompt_tokens = conversations, samples_per_prompt, max_prompt_tokens
+        self.rng = np.random.default_rng(seed)
+
+    @torch.no_grad()
+    def collect(self, policy: LMPolicy, indices: list[int] | None = None) -> tuple[Rollout, ChatStats]:
+        """Play the conversations to their end; rows are replies in conversation-then-turn order."""
+        if indices is None:
+            indices = self.rng.integers(len(self.batch.dialogues), size=self.conversations).tolist()
+        convs = self.batch.reset(len(indices) * self.k, indices=[i for i in indices for _ in range(self.k)])
+        replies: dict[int, list[dict]] = {c: [] for c in range(len(convs))}
+        while self.batch.active:
+            active = self.batch.active
+            prompts = left_pad([encode_prompt(self.tokenizer, convs[c].history)[-self.max_prompt_tokens:]  # type: ignore[arg-type]
+                                for c in active], policy.pad_id)
+            gen = generate(policy, prompts)
+            texts = {}
+            for row, c in enumerate(active):
+                n = int(gen.mask[row].sum())
+                tokens = gen.tokens[row, :n]
+                body = tokens[:-1] if n and int(tokens[-1]) == policy.eos_id else tokens
+                texts[c] = str(self.tokenizer.decode(body.tolist(), skip_special_tokens=True)).strip()  # type: ignore[attr-defined]
+                replies[c].append({"prompt": prompts[row], "tokens": tokens, "logprobs": gen.logprobs[row, :n],
+                                   "values": gen.values[row, :n]})
+            for c, verdict in self.batch.step(texts).items():
+                replies[c][-1]["reward"] = float(verdict.value)
+        rows = [r for c in range(len(convs)) for r in replies[c]]
+        rollout = self._pack(policy, rows, [len(replies[c]) for c in range(len(convs))])
+        n_tokens = float(rollout.mask.sum())
+        kl_tok = float(self._kl(policy, rollout).sum()) / max(n_tokens, 1.0)
+        rewards = [r["reward"] for r in rows]
+        stats = ChatStats(float(np.mean([x == 1.0 for x in rewards])), float(np.mean(rewards)),
+                          len(rows) / len(convs), kl_tok, n_tokens / len(rows))
+        return rollout, stats
+
+    def _kl(self, policy: LMPolicy, rollout: Rollout) -> Tensor:
+        """Per-token KL estimate to the reference (zero without one)."""
+        if self.reference is None:
+            return torch.zeros_like(rollout.logprobs)
+        ref = self.reference.evaluate(rollout.obs, rollout.actions).log_probs
+        return kl_estimate(rollout.logprobs, ref, self.kl_estimator) * rollout.mask
+
+    def _pack(self, policy: LMPolicy, rows: list[dict], turns: list[int]) -> Rollout:
+        prompts = left_pad([r["prompt"][r["prompt"] != policy.pad_id].tolist() for r in rows], policy.pad_id)
+        actions = right_pad([r["tokens"] for r in rows], policy.pad_id)
+        mask = (actions != policy.pad_id).float()
+        logprobs, values = right_pad([r["logprobs"] for r in rows], 0.0), right_pad([r["values"] for r in rows], 0.0)
+        last = (mask.sum(1).long() - 1).clamp_min(0)
+        b = torch.arange(len(rows))
+        rewards = torch.zeros_like(mask)
+        rewards[b, last] = torch.tensor([r["reward"] for r in rows])
+        dones = torch.zeros_like(mask)
+        dones[b, last] = 1.0
+        # inside a reply V(s_t+1) is the next token's value; a reply that the conversation continues after
+        # bootstraps from the next reply's first value; the conversation's last reply from 0
+        following = torch.cat([values[:, 1:], torch.zeros(len(rows), 1)], dim=1)
+        boot = torch.zeros(len(rows))
+        start = 0
+        for n in turns:
+            for j in range(start, start + n - 1):
+                boot[j] = values[j + 1, 0]
+            start += n
+        following[b, last] = boot
+        rollout = Rollout(obs=prompts, actions=actions, logprobs=logprobs, rewards=rewards, mask=mask, dones=dones,
+                          values=values, next_values=following * mask,
+                          group_ids=torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns)) // self.k)
+        rollout.rewards = rollout.rewards - self.kl.value * self._kl(policy, rollout)
+        return rollout
