@@ -13,7 +13,7 @@ import torch
 from torch import Tensor
 
 from lmpo.core import Rollout
-from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
+from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
 
 
 @dataclass
@@ -51,8 +51,8 @@ def generate(policy: object, prompts: Tensor, settings: SamplingConfig | None = 
             logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.eos_id)  # (B, V)
             if cfg.greedy:
                 tok = logp.argmax(-1)
-            else:  # Gumbel-max on the final log-probs: an exact sample of that distribution
-                tok = (logp - torch.empty_like(logp).exponential_().log()).argmax(-1)
+            else:
+                tok = sample_categorical(logp)
             tok = tok.masked_fill(done, policy.pad_id)
             tokens[:, t] = tok
             logprobs[:, t] = logp.gather(-1, tok.clamp_min(0).unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)

@@ -131,3 +131,16 @@ def test_algorithms_update_language_models(kind: str, algo: str) -> None:
     assert any(changed)
     if algo == "trpo":
         assert metrics["trpo/kl"] <= 0.01 + 1e-6
+
+
+def test_inverse_cdf_sampler_matches_probabilities_and_skips_zeros() -> None:
+    from lmpo.policies.sampling import sample_categorical
+
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(1, 12, generator=g)
+    logits[0, [0, 5, 11]] = float("-inf")  # zero probability, first, middle and last
+    logp = torch.log_softmax(logits, -1)
+    draws = sample_categorical(logp.expand(100_000, -1))
+    freq = torch.bincount(draws, minlength=12).float() / len(draws)
+    assert freq[[0, 5, 11]].sum() == 0
+    assert torch.allclose(freq, logp[0].exp(), atol=0.006)
