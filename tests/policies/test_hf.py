@@ -71,3 +71,18 @@ def test_update_and_save_pretrained_round_trip(tiny_dir: Path, tmp_path: Path, a
     for name, p in reloaded.named_parameters():
         assert torch.equal(p, trained[name]), name
     assert (tmp_path / "trained" / "value_head.safetensors").is_file()
+
+
+def test_native_gpt2_forward_equals_transformers(tiny_dir: Path) -> None:
+    pol, tok = load_hf_policy(tiny_dir, SAMPLING)
+    body = pol.body
+    assert body.native
+    prompts = _prompts(tok)
+    mask = prompts != tok.pad_token_id
+    with torch.no_grad():
+        ours, hidden, _ = body(prompts, mask)
+        body.native = False
+        ref, ref_hidden, _ = body(prompts, mask)
+    real = mask.unsqueeze(-1)
+    assert torch.allclose(ours * real, ref * real, atol=1e-5)
+    assert torch.allclose(hidden * real, ref_hidden * real, atol=1e-5)
