@@ -72,11 +72,12 @@ class HFCausalLM(nn.Module):
         return out.logits.float(), out.hidden_states[-1], out.past_key_values
 
     def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None) -> tuple[Tensor, Tensor, Any]:
-        tr: Any = self.model.transformer  # type: ignore[union-attr]
+        model: Any = self.model
+        tr = model.transformer
         b, length = ids.shape
         total = mask.shape[1]
         past = total - length
-        heads = int(self.model.config.n_head)  # type: ignore[union-attr]
+        heads = int(model.config.n_head)
         head_dim = self.hidden_size // heads
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
         q_index = torch.arange(past, total, device=ids.device).unsqueeze(1)  # (L, 1)
@@ -102,7 +103,7 @@ class HFCausalLM(nn.Module):
             x = x + block.attn.resid_dropout(block.attn.c_proj(y))
             x = x + block.mlp(block.ln_2(x))
         h = tr.ln_f(x)
-        return self.model.lm_head(h).float(), h, cache  # type: ignore[operator]
+        return model.lm_head(h).float(), h, cache
 
 
 def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,
