@@ -8,12 +8,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from lmpo.core import Rollout
 from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
+
+if TYPE_CHECKING:  # lm.py imports this module
+    from lmpo.policies.lm import LMPolicy
 
 
 @dataclass
@@ -27,16 +31,13 @@ class Generation:
 
 
 @torch.no_grad()
-def generate(policy: object, prompts: Tensor, settings: SamplingConfig | None = None,
+def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None = None,
              stop: Callable[[list[int]], bool] | None = None, use_cache: bool = True) -> Generation:
     """Sample replies to left-padded ``prompts (B, P)`` from an ``LMPolicy``.
 
     A row ends at ``<eos>``, when ``stop(tokens_so_far)`` says so (stop strings), or after
     ``max_new_tokens``. ``use_cache=False`` re-runs the whole sequence every step (for tests).
     """
-    from lmpo.policies.lm import LMPolicy
-
-    assert isinstance(policy, LMPolicy)
     cfg = settings or policy.sampling
     b = prompts.shape[0]
     device = prompts.device
@@ -55,7 +56,7 @@ def generate(policy: object, prompts: Tensor, settings: SamplingConfig | None = 
                 tok = sample_categorical(logp)
             tok = tok.masked_fill(done, policy.pad_id)
             tokens[:, t] = tok
-            logprobs[:, t] = logp.gather(-1, tok.clamp_min(0).unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
+            logprobs[:, t] = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
             values[:, t] = policy.value_head(hidden[:, -1]).squeeze(-1).masked_fill(done, 0.0)
             done = done | (tok == policy.eos_id)
             if stop is not None:

@@ -82,7 +82,7 @@ class LMPolicy(nn.Module):
     def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
         """Log-probs, values and distributions of every reply token of the batch in one forward pass."""
         logp_all, values, mask = self._score(obs, actions)
-        logp = logp_all.gather(-1, actions.clamp_min(0).unsqueeze(-1)).squeeze(-1)
+        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
         return Evaluation(logp.masked_fill(~mask, 0.0), values * mask, logp_all, entropy_of)
 
     def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:

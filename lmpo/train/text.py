@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from transformers import PreTrainedTokenizerBase
 
 from lmpo.core import FixedKLController, Rollout, kl_estimate
 from lmpo.core.kl import KLEstimator
@@ -54,11 +55,11 @@ class ChatStats:
 class ChatbotCollector:
     """Runs ``conversations x samples_per_prompt`` simulated conversations per rollout."""
 
-    def __init__(self, batch: ChatbotBatch, tokenizer: object, reference: LMPolicy | None, kl: FixedKLController,
-                 kl_estimator: KLEstimator = "k1", conversations: int = 16, samples_per_prompt: int = 4,
-                 max_prompt_tokens: int = 96, gamma: float = 1.0, seed: int = 0) -> None:
+    def __init__(self, batch: ChatbotBatch, tokenizer: PreTrainedTokenizerBase, reference: LMPolicy | None,
+                 kl: FixedKLController, kl_estimator: KLEstimator = "k1", conversations: int = 16,
+                 samples_per_prompt: int = 4, max_prompt_tokens: int = 96, seed: int = 0) -> None:
         self.batch, self.tokenizer, self.reference, self.kl = batch, tokenizer, reference, kl
-        self.kl_estimator, self.gamma = kl_estimator, gamma
+        self.kl_estimator = kl_estimator
         self.conversations, self.k, self.max_prompt_tokens = conversations, samples_per_prompt, max_prompt_tokens
         self.rng = np.random.default_rng(seed)
 
@@ -71,7 +72,7 @@ class ChatbotCollector:
         replies: dict[int, list[dict]] = {c: [] for c in range(len(convs))}
         while self.batch.active:
             active = self.batch.active
-            prompts = left_pad([encode_prompt(self.tokenizer, convs[c].history)[-self.max_prompt_tokens:]  # type: ignore[arg-type]
+            prompts = left_pad([encode_prompt(self.tokenizer, convs[c].history)[-self.max_prompt_tokens:]
                                 for c in active], policy.pad_id)
             gen = generate(policy, prompts)
             texts = {}
@@ -79,7 +80,7 @@ class ChatbotCollector:
                 n = int(gen.mask[row].sum())
                 tokens = gen.tokens[row, :n]
                 body = tokens[:-1] if n and int(tokens[-1]) == policy.eos_id else tokens
-                texts[c] = str(self.tokenizer.decode(body.tolist(), skip_special_tokens=True)).strip()  # type: ignore[attr-defined]
+                texts[c] = str(self.tokenizer.decode(body.tolist(), skip_special_tokens=True)).strip()
                 replies[c].append({"prompt": prompts[row], "tokens": tokens, "logprobs": gen.logprobs[row, :n],
                                    "values": gen.values[row, :n]})
             for c, verdict in self.batch.step(texts).items():
