@@ -10,6 +10,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmpo.policies.attention import StaticKV, allowed_keys, attend
+
 
 @dataclass
 class GPTConfig:
@@ -35,20 +37,15 @@ class Block(nn.Module):
         c = cfg.d_model
         self.mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
 
-    def forward(self, x: Tensor, allowed: Tensor, past: tuple[Tensor, Tensor] | None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+    def forward(self, x: Tensor, allowed: Tensor, layer: int, past: int, cache: StaticKV | None) -> Tensor:
         b, length, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (t.view(b, length, self.n_head, c // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
-        if past is not None:
-            k, v = torch.cat([past[0], k], dim=2), torch.cat([past[1], v], dim=2)  # (B, H, L_past + L, D)
-        # explicit attention: twice differentiable (TRPO's Fisher products), unlike CPU flash attention
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])  # (B, H, L, L_past + L)
-        att = att.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1)
-        y = F.dropout(att, self.dropout, self.training) @ v  # (B, H, L, D)
+        if cache is not None:
+            k, v = cache.write(layer, past, k, v)  # (B, H, past + L, D)
+        y = attend(q, k, v, allowed, self.dropout if self.training else 0.0)  # (B, H, L, D)
         x = x + F.dropout(self.out(y.transpose(1, 2).reshape(b, length, c)), self.dropout, self.training)
-        x = x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
-        return x, (k, v)
+        return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
 
 class GPT(nn.Module):
@@ -76,19 +73,16 @@ class GPT(nn.Module):
 
     def forward(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``: ``mask (B, L_past + L)`` marks real tokens; positions count real tokens only."""
-        length, total = ids.shape[1], mask.shape[1]
+        (b, length), total = ids.shape, mask.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
-        # query i (absolute index total - length + i) sees real keys at or before it, and always itself
-        q_index = torch.arange(total - length, total, device=ids.device).unsqueeze(1)  # (L, 1)
-        k_index = torch.arange(total, device=ids.device).unsqueeze(0)  # (1, total)
-        causal = k_index <= q_index  # (L, total)
-        allowed = (causal.unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)  # (B, L, tot)
+        allowed = allowed_keys(mask, length)  # (B, L, total)
         x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)
-        new_cache = []
+        if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
+            head_dim = self.cfg.d_model // self.cfg.n_head
+            cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)
         for i, block in enumerate(self.blocks):
-            x, kv = block(x, allowed, None if cache is None else cache[i])
-            new_cache.append(kv)
+            x = block(x, allowed, i, total - length, cache)
         h = self.ln(x)
-        return F.linear(h, self.tok.weight), h, new_cache
+        return F.linear(h, self.tok.weight), h, cache

@@ -6,36 +6,15 @@ Loads from a local directory or a hub id (``from_pretrained``); saves with ``sav
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmpo.policies.attention import StaticKV, allowed_keys, attend
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
-
-
-class StaticKV:
-    """Preallocated keys and values per layer, grown by doubling: a decoding step writes in place instead of
-    concatenating the whole cache (transformers' ``DynamicCache`` copies it all at every step)."""
-
-    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, capacity: int, like: Tensor) -> None:
-        shape = (layers, batch, heads, capacity, head_dim)
-        self.k, self.v = like.new_empty(shape), like.new_empty(shape)
-
-    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""
-        end = start + k.shape[2]
-        if end > self.k.shape[3]:
-            grow = max(end, 2 * self.k.shape[3]) - self.k.shape[3]
-            pad = (0, 0, 0, grow)
-            self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
-        self.k[layer, :, :, start:end] = k
-        self.v[layer, :, :, start:end] = v
-        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
 
 
 def _native_gpt2(model: nn.Module) -> bool:
@@ -80,9 +59,7 @@ class HFCausalLM(nn.Module):
         heads = int(model.config.n_head)
         head_dim = self.hidden_size // heads
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
-        q_index = torch.arange(past, total, device=ids.device).unsqueeze(1)  # (L, 1)
-        k_index = torch.arange(total, device=ids.device).unsqueeze(0)  # (1, total)
-        allowed = ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
+        allowed = allowed_keys(mask, length)
         x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
@@ -91,14 +68,8 @@ class HFCausalLM(nn.Module):
             q, k, v = (t.view(b, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
             if cache is not None:
                 k, v = cache.write(i, past, k, v)  # (B, H, total, D)
-            if torch.is_grad_enabled():  # explicit: twice differentiable (TRPO's Fisher products)
-                att = (q @ k.transpose(-2, -1)) / math.sqrt(head_dim)
-                att = block.attn.attn_dropout(att.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1))
-                y = att @ v  # (B, H, L, D)
-            else:  # decoding: PyTorch's fused kernel
-                drop = block.attn.attn_dropout
-                y = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1),
-                                                   dropout_p=drop.p if drop.training else 0.0)
+            drop = block.attn.attn_dropout
+            y = attend(q, k, v, allowed, drop.p if drop.training else 0.0)  # (B, H, L, D)
             y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
             x = x + block.attn.resid_dropout(block.attn.c_proj(y))
             x = x + block.mlp(block.ln_2(x))

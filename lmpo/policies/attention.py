@@ -1,0 +1,56 @@
+"""Causal self-attention pieces shared by lmpo's decoders: the padding-aware mask, the attention itself
+(twice differentiable when gradients are on, PyTorch's fused kernel when decoding) and a preallocated
+KV cache."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+def allowed_keys(mask: Tensor, length: int) -> Tensor:
+    """``(B, L, total)``: which keys each of the last ``length`` queries may attend to.
+
+    ``mask (B, total)`` marks real tokens. A query sees the real keys at or before it, and always itself
+    (so a padding query has one key and no NaN; its output is never used).
+    """
+    total = mask.shape[1]
+    q_index = torch.arange(total - length, total, device=mask.device).unsqueeze(1)  # (L, 1)
+    k_index = torch.arange(total, device=mask.device).unsqueeze(0)  # (1, total)
+    return ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout: float) -> Tensor:
+    """Scaled dot-product attention ``(B, H, L, D)`` with ``allowed (B, L, total)``.
+
+    With gradients on it is written out (TRPO differentiates it twice; fused CPU kernels cannot); without,
+    it is ``F.scaled_dot_product_attention``.
+    """
+    if torch.is_grad_enabled():
+        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
+        att = att.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1)
+        return F.dropout(att, dropout, dropout > 0) @ v
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=dropout)
+
+
+class StaticKV:
+    """Preallocated keys and values per layer, grown by doubling: a decoding step writes in place instead of
+    concatenating the whole cache (transformers' ``DynamicCache`` copies it all at every step)."""
+
+    def __init__(self, layers: int, batch: int, heads: int, head_dim: int, capacity: int, like: Tensor) -> None:
+        shape = (layers, batch, heads, capacity, head_dim)
+        self.k, self.v = like.new_empty(shape), like.new_empty(shape)
+
+    def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""
+        end = start + k.shape[2]
+        if end > self.k.shape[3]:
+            grow = max(end, 2 * self.k.shape[3]) - self.k.shape[3]
+            pad = (0, 0, 0, grow)
+            self.k, self.v = F.pad(self.k, pad), F.pad(self.v, pad)
+        self.k[layer, :, :, start:end] = k
+        self.v[layer, :, :, start:end] = v
+        return self.k[layer, :, :, :end], self.v[layer, :, :, :end]
