@@ -45,8 +45,14 @@ class EnvConfig(Section):
         return v
 
 
+TEXT_ENVS = ("lmpo/Chatbot-v0",)
+LM_KINDS = ("gru", "lstm", "transformer", "hf")
+
+
 class PolicyConfig(Section):
-    kind: Literal["mlp"] = Field("mlp", description="Policy family; 'mlp' for control tasks.")
+    kind: Literal["mlp", "gru", "lstm", "transformer", "hf"] = Field(
+        "mlp", description="'mlp' for control; 'gru', 'lstm', 'transformer' or 'hf' for text environments."
+    )
     hidden_sizes: list[int] = Field([64, 64], description="Hidden layer widths of the actor (and critic).")
     activation: Literal["tanh", "relu", "gelu"] = Field("tanh", description="Hidden activation.")
     critic: Literal["separate", "shared", "none"] = Field(
@@ -54,6 +60,59 @@ class PolicyConfig(Section):
     )
     log_std_init: float = Field(0.0, description="Initial log standard deviation of Gaussian policies.")
     normalize_obs: bool = Field(False, description="Normalise observations with running mean/std.")
+    embed: int = Field(256, ge=1, description="gru/lstm: embedding size.")
+    hidden: int = Field(512, ge=1, description="gru/lstm: recurrent state size.")
+    dropout: float = Field(0.1, ge=0, lt=1, description="gru/lstm/transformer: dropout in pre-training.")
+    n_layer: int = Field(4, ge=1, description="transformer: decoder blocks.")
+    n_head: int = Field(4, ge=1, description="transformer: attention heads.")
+    d_model: int = Field(256, ge=1, description="transformer: model width.")
+    max_len: int = Field(512, ge=8, description="transformer: longest sequence (positions).")
+    path: str | None = Field(None, description="hf: local directory or hub id of an AutoModelForCausalLM.")
+
+
+class SamplingSection(Section):
+    temperature: float = Field(1.0, ge=0, description="Sampling temperature (0: greedy).")
+    top_k: int = Field(0, ge=0, description="Keep the k most likely tokens (0: off).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
+    epsilon: float = Field(0.0, ge=0, le=1, description="Probability of a uniformly random token.")
+    min_new_tokens: int = Field(1, ge=0, description="<eos> is banned before this many reply tokens.")
+    max_new_tokens: int = Field(24, ge=1, description="Longest reply.")
+
+
+class KLSection(Section):
+    coef: float = Field(0.05, ge=0, description="Initial per-token KL penalty coefficient.")
+    estimator: Literal["k1", "k2", "k3"] = Field("k1", description="Per-token KL estimator (Schulman 2020).")
+    target: float | None = Field(None, gt=0, description="Adaptive controller's target KL (None: fixed coef).")
+    horizon: int = Field(10_000, ge=1, description="Adaptive controller's horizon in replies (Ziegler 2019).")
+
+
+class UserSection(Section):
+    satisfied_at: float = Field(0.6, ge=0, le=1, description="Token F1 at which the user is satisfied.")
+    neutral_at: float = Field(0.3, ge=0, le=1, description="Token F1 at which the user is neutral.")
+    max_turns: int = Field(3, ge=1, description="Most bot replies per conversation.")
+
+
+class PretrainSection(Section):
+    epochs: int = Field(8, ge=0, description="Supervised epochs before RL (0: none).")
+    lr: float = Field(2e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
+    batch_size: int = Field(32, ge=1, description="Dialogues per batch.")
+    max_len: int = Field(128, ge=8, description="Tokens kept per dialogue (the last ones).")
+
+
+class TextConfig(Section):
+    categories: list[str] | None = Field(None, description="chatterbot-corpus categories (None: all).")
+    jsonl: str | None = Field(None, description="Your own dialogues (chat-messages JSONL) instead of the corpus.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Conversations held out from training.")
+    vocab_size: int = Field(2048, ge=262, description="BPE vocabulary size of a tokenizer trained here.")
+    tokenizer: str | None = Field(None, description="Directory of an existing tokenizer (None: train one).")
+    pretrain: PretrainSection = Field(default_factory=PretrainSection)
+    sampling: SamplingSection = Field(default_factory=SamplingSection)
+    kl: KLSection = Field(default_factory=KLSection)
+    user: UserSection = Field(default_factory=UserSection)
+    conversations_per_update: int = Field(16, ge=1, description="Distinct opening lines per update.")
+    samples_per_prompt: int = Field(4, ge=1, description="Conversations played from each opening line.")
+    max_prompt_tokens: int = Field(96, ge=8, description="Dialogue history kept in a prompt (the last tokens).")
+    eval_conversations: int = Field(0, ge=0, description="Conversations per evaluation split (0: all).")
 
 
 class AdvantageConfig(Section):
@@ -142,9 +201,27 @@ class Config(Section):
     algo: AlgoConfig = Field(default_factory=PPOConfig)
     rollout: RolloutConfig = Field(default_factory=RolloutConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    text: TextConfig | None = Field(None, description="Dialogue settings (text environments only).")
+
+    @property
+    def is_text(self) -> bool:
+        """Whether the environment is one of lmpo's text environments."""
+        return self.env.id in TEXT_ENVS
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
+        if self.is_text:
+            if self.policy.kind not in LM_KINDS:
+                raise ValueError(f"{self.env.id} needs policy.kind in {', '.join(LM_KINDS)}")
+            if self.policy.kind == "hf" and not self.policy.path:
+                raise ValueError("policy.kind 'hf' needs policy.path (a local directory or hub id)")
+            if self.text is None:
+                self.text = TextConfig()
+            return self
+        if self.policy.kind != "mlp":
+            raise ValueError(f"policy.kind {self.policy.kind!r} is for text environments; use 'mlp'")
+        if self.text is not None:
+            raise ValueError("the text section is for text environments (env.id lmpo/Chatbot-v0)")
         adv = self.algo.advantage
         needs_value = adv.estimator == "gae" or adv.baseline == "value"
         if needs_value and self.policy.critic == "none":

@@ -1,0 +1,30 @@
+"""The evaluation table of a dialogue run, printed with rich."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.table import Table
+
+ROWS = [
+    ("satisfaction (train)", "eval/train_satisfaction", "{:.3f}"),
+    ("satisfaction (held-out)", "eval/heldout_satisfaction", "{:.3f}"),
+    ("mean reward (train)", "eval/train_reward", "{:.3f}"),
+    ("mean reward (held-out)", "eval/heldout_reward", "{:.3f}"),
+    ("mean turns (train)", "eval/train_turns", "{:.2f}"),
+    ("mean turns (held-out)", "eval/heldout_turns", "{:.2f}"),
+    ("held-out perplexity", "eval/heldout_ppl", "{:.1f}"),
+    ("distinct-2 (train)", "eval/train_distinct2", "{:.3f}"),
+    ("mean reply tokens (train)", "eval/train_reply_tokens", "{:.1f}"),
+    ("KL to reference (per token)", "eval/kl_ref", "{:.4f}"),
+]
+
+
+def print_eval_table(columns: dict[str, dict[str, float]], title: str = "evaluation") -> None:
+    """One row per metric, one column per evaluation (e.g. before / after RL)."""
+    table = Table(title=title)
+    table.add_column("metric")
+    for name in columns:
+        table.add_column(name, justify="right")
+    for label, key, fmt in ROWS:
+        table.add_row(label, *(fmt.format(c[key]) if key in c else "-" for c in columns.values()))
+    Console().print(table)

@@ -1,0 +1,139 @@
+"""What the one training loop needs from each kind of environment: a ``Task``.
+
+``ControlTask`` steps Gymnasium vector envs with an MLP policy; ``ChatTask`` plays conversations with the
+simulated user of ``lmpo/Chatbot-v0`` with a language-model policy (pre-trained first, then kept close to
+that frozen reference by the KL penalty). The loop itself lives in ``trainer.py`` and is the same for both.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from torch import nn
+
+from lmpo.config import Config
+from lmpo.core import Rollout
+from lmpo.envs import make_vector_env
+from lmpo.policies.mlp import MLPPolicy
+from lmpo.train.collect import ControlCollector
+from lmpo.train.evaluate import evaluate_policy
+
+
+class Task(Protocol):
+    """Steps 1-3 of the loop (collect, reward, shape), evaluation, and the state a checkpoint keeps."""
+
+    @property
+    def steps(self) -> int:
+        """Progress units done: environment steps (control) or replies (text)."""
+        ...
+
+    def build_policy(self) -> Any:
+        """The policy this task trains (an ``nn.Module`` implementing ``Policy``), freshly initialised."""
+        ...
+
+    def prepare(self, policy: Any, resumed: bool) -> dict[str, float]:
+        """Work before RL (pre-training for text); returns metrics to log."""
+        ...
+
+    def collect(self, policy: Any) -> tuple[Rollout, dict[str, float]]:
+        """A rollout with its rewards shaped, and statistics of what happened."""
+        ...
+
+    def after_update(self, policy: Any, rollout: Rollout) -> None:
+        """Bookkeeping once the algorithm has updated the policy."""
+        ...
+
+    def evaluate(self, policy: Any) -> dict[str, float]:
+        """Deterministic evaluation."""
+        ...
+
+    def state(self) -> bytes | None:
+        """Everything needed to continue exactly (None when that cannot be saved)."""
+        ...
+
+    def restore(self, state: bytes | None, steps: int) -> None:
+        """Continue from ``state``."""
+        ...
+
+
+class ControlTask:
+    """Gymnasium control environments through the vector API."""
+
+    def __init__(self, cfg: Config, device: torch.device) -> None:
+        self.cfg, self.device = cfg, device
+        env = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
+        self.collector = ControlCollector(env, cfg.seed, device)
+
+    @property
+    def steps(self) -> int:
+        """Environment steps taken."""
+        return self.collector.total_steps
+
+    def build_policy(self) -> MLPPolicy:
+        """The MLP described by ``cfg.policy`` for the environment's spaces."""
+        p, env = self.cfg.policy, self.collector.env
+        return MLPPolicy(env.single_observation_space, env.single_action_space, p.hidden_sizes, p.activation,
+                         p.critic, p.log_std_init, p.normalize_obs)
+
+    def prepare(self, policy: MLPPolicy, resumed: bool) -> dict[str, float]:
+        """Nothing to prepare."""
+        return {}
+
+    def collect(self, policy: MLPPolicy) -> tuple[Rollout, dict[str, float]]:
+        """Fixed-length rows or whole episodes; the environments' own rewards."""
+        if self.cfg.rollout.mode == "steps":
+            rollout = self.collector.collect_steps(policy, self.cfg.rollout.steps_per_env)
+        else:
+            rollout = self.collector.collect_episodes(policy, self.cfg.rollout.episodes_per_env)
+        stats: dict[str, float] = {}
+        if self.collector.recent:
+            rets, lens = zip(*self.collector.recent, strict=True)
+            stats = {"charts/episode_return": float(np.mean(rets)), "charts/episode_length": float(np.mean(lens))}
+        return rollout, stats
+
+    def after_update(self, policy: MLPPolicy, rollout: Rollout) -> None:
+        """Fold the rollout's observations into the normaliser (frozen while collecting and updating)."""
+        policy.update_normalizer(rollout.obs)
+
+    def evaluate(self, policy: MLPPolicy) -> dict[str, float]:
+        """Mean and std of deterministic returns on fresh environments (fixed evaluation seed)."""
+        returns = evaluate_policy(policy, self.cfg.env.id, self.cfg.train.eval_episodes, seed=self.cfg.seed + 10_000,
+                                  kwargs=self.cfg.env.kwargs)
+        return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std())}
+
+    def state(self) -> bytes | None:
+        """The pickled collector: environments mid-episode included (subprocess envs cannot be pickled)."""
+        from gymnasium.vector import AsyncVectorEnv
+
+        return None if isinstance(self.collector.env, AsyncVectorEnv) else pickle.dumps(self.collector)
+
+    def restore(self, state: bytes | None, steps: int) -> None:
+        """Replace the collector by the saved one (or only its step count for async envs)."""
+        if state is None:
+            self.collector.total_steps = steps
+            return
+        self.collector.env.close()
+        self.collector = pickle.loads(state)
+        self.collector.device = self.device
+
+
+def make_task(cfg: Config, run_dir: Path, device: torch.device) -> Task:
+    """The task for ``cfg.env.id``."""
+    if cfg.is_text:
+        from lmpo.train.chat_task import ChatTask
+
+        return ChatTask(cfg, run_dir, device)
+    return ControlTask(cfg, device)
+
+
+def frozen_copy(policy: nn.Module) -> nn.Module:
+    """A copy of ``policy`` that never trains (the KL reference)."""
+    ref = copy.deepcopy(policy).eval()
+    for p in ref.parameters():
+        p.requires_grad_(False)
+    return ref
