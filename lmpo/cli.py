@@ -13,6 +13,7 @@ from pathlib import Path
 from lmpo.config import ConfigError
 
 EXIT_USAGE = 2
+DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "chatbot.yaml"
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
@@ -25,14 +26,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = read_run_config(run_dir, overrides)
         trainer = Trainer(cfg, run_dir=run_dir, resume=True)
     else:
-        if args.config is None:
-            raise ConfigError("lmpo train needs a CONFIG file (e.g. configs/cartpole-ppo.yaml)")
-        cfg = load_config(args.config, args.overrides)
+        cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
         trainer = Trainer(cfg)
     print(f"run directory: {trainer.run_dir}")
     summary = trainer.train()
-    print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
-          f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")
+    if not cfg.is_text:
+        print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
+              f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")
+        return 0
+    from lmpo.train.report import print_eval_table, print_transcript
+
+    after = {k: v for k, v in summary.items() if k.startswith("eval/")}
+    print_eval_table({"before RL": summary["before"], "after RL": after} if summary["before"] else {"after": after},
+                     title=f"{cfg.env.id}: {cfg.algo.name} on a {cfg.policy.kind} policy")
+    print_transcript(trainer.task, trainer.policy)
+    print(f"saved: {trainer.run_dir} (load with lmpo.load, talk with: lmpo chat {trainer.run_dir})")
     return 0
 
 
@@ -78,7 +86,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lmpo", description="Policy optimisation: REINFORCE, TRPO, PPO.")
     sub = parser.add_subparsers(dest="command", required=True)
     p = sub.add_parser("train", help="train from a YAML config, or resume a run")
-    p.add_argument("config", nargs="?", help="YAML recipe, e.g. configs/cartpole-ppo.yaml")
+    p.add_argument("config", nargs="?", help="YAML recipe (default: configs/chatbot.yaml, the dialogue job)")
     p.add_argument("overrides", nargs="*", help="dotted overrides such as algo.lr=3e-4")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.set_defaults(fn=_cmd_train)

@@ -13,8 +13,10 @@ from lmpo.config import Config
 from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
 from lmpo.data import (
     Dialogue,
+    Turn,
     dialogue_texts,
     encode_dialogue,
+    encode_prompt,
     load_chatterbot,
     load_jsonl,
     load_tokenizer,
@@ -137,6 +139,31 @@ class ChatTask:
             return col.collect(policy, indices=list(range(len(dialogues))))
         finally:
             policy.sampling = saved
+
+    @torch.no_grad()
+    def converse(self, policy: LMPolicy, dialogue: Dialogue, sampling: SamplingConfig
+                 ) -> list[tuple[Turn, str | None]]:
+        """Play one conversation; every turn with the user's verdict on bot turns."""
+        from lmpo.envs.chatbot import Conversation
+        from lmpo.policies.generation import generate
+        from lmpo.train.text import left_pad
+
+        conv = Conversation(dialogue, self.t.user.max_turns)
+        verdicts: list[str | None] = [None]
+        saved, policy.sampling = policy.sampling, sampling
+        try:
+            while not conv.done:
+                prompt = left_pad([encode_prompt(self.tokenizer, conv.history)[-self.t.max_prompt_tokens:]],
+                                  policy.pad_id, self.device)
+                gen = generate(policy, prompt)
+                ids = gen.tokens[0, gen.mask[0] > 0].tolist()
+                text = str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+                verdicts.append(conv.respond(text, self.user).name.lower())
+                if not conv.done:
+                    verdicts.append(None)
+        finally:
+            policy.sampling = saved
+        return list(zip(conv.history, verdicts, strict=True))
 
     @torch.no_grad()
     def evaluate(self, policy: LMPolicy) -> dict[str, float]:

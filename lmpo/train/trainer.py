@@ -105,8 +105,10 @@ class Trainer:
         """Run until ``train.total_steps`` environment steps; returns the final summary."""
         cfg, total = self.cfg, self.cfg.train.total_steps
         self._clock, self._eval_time = time.perf_counter(), 0.0
-        if self.prepare_metrics and self.iteration == 0:
-            self.logger.log(0, {"iteration": 0, **self.prepare_metrics})
+        before: dict[str, float] = {}
+        if self.iteration == 0:  # a fresh run: where training starts from (after pre-training, for text)
+            before = self.evaluate()
+            self.logger.log(0, {"iteration": 0, **self.prepare_metrics, **before})
         with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress) as bar:
             while self.task.steps < total:
                 t0 = time.perf_counter()
@@ -143,7 +145,8 @@ class Trainer:
         final = self.evaluate()
         self.logger.log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         self.logger.close()
-        return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration, **final}
+        return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
+                "before": before, **final}
 
     def _record(self, metrics: dict[str, float], steps: int, dt: float, t_collect: float,
                 ev: float) -> dict[str, Any]:
