@@ -15,7 +15,7 @@ $(STAMP): pyproject.toml
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/lmpo train configs/cartpole-ppo.yaml
+	$(VENV)/bin/lmpo train
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check lmpo tests bench

@@ -1,4 +1,4 @@
-"""The ``lmpo`` command: ``train``, ``eval`` and ``plot``.
+"""The ``lmpo`` command: ``train``, ``pretrain``, ``eval``, ``chat`` and ``plot``.
 
 Every user mistake (bad key, wrong type, unknown environment or algorithm, missing file) ends with exit
 code 2 and one line naming the problem, never a traceback.
@@ -73,6 +73,55 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_pretrain(args: argparse.Namespace) -> int:
+    from lmpo.config import load_config
+    from lmpo.train.trainer import Trainer
+
+    cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
+    if not cfg.is_text:
+        raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
+    trainer = Trainer(cfg)  # pre-trains the model and saves it as the frozen reference
+    trainer.save()
+    for key, value in trainer.prepare_metrics.items():
+        print(f"{key}: {value:.3f}")
+    print(f"pre-trained model saved in {trainer.run_dir}; continue with RL: lmpo train --resume {trainer.run_dir}")
+    return 0
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    from lmpo.api import load
+    from lmpo.data import Turn, encode_prompt
+    from lmpo.policies import SamplingConfig, generate
+    from lmpo.train.text import left_pad
+
+    policy, tokenizer = load(args.run_dir)
+    if tokenizer is None:
+        raise ConfigError(f"{args.run_dir} is not a dialogue run")
+    policy.sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                     max_new_tokens=args.max_new_tokens, min_new_tokens=1)
+    print("Talk to the bot. /reset starts over, /quit (or end of input) leaves.")
+    history: list[Turn] = []
+    while True:
+        try:
+            line = input("you: ").strip()
+        except EOFError:
+            print()
+            return 0
+        if line == "/quit":
+            return 0
+        if line == "/reset":
+            history = []
+            print("(history cleared)")
+            continue
+        if not line:
+            continue
+        history.append(Turn("user", line))
+        gen = generate(policy, left_pad([encode_prompt(tokenizer, history)[-args.max_context:]], policy.pad_id))
+        reply = str(tokenizer.decode(gen.tokens[0, gen.mask[0] > 0].tolist(), skip_special_tokens=True)).strip()
+        history.append(Turn("assistant", reply))
+        print(f"bot: {reply}")
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from lmpo.plot import plot_run
 
@@ -90,6 +139,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="dotted overrides such as algo.lr=3e-4")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.set_defaults(fn=_cmd_train)
+    p = sub.add_parser("pretrain", help="pre-train a dialogue model (the start of RL and its reference)")
+    p.add_argument("config", nargs="?", help="YAML recipe (default: configs/chatbot.yaml)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as text.pretrain.epochs=4")
+    p.set_defaults(fn=_cmd_pretrain)
+    p = sub.add_parser("chat", help="talk to a trained dialogue model in the terminal")
+    p.add_argument("run_dir")
+    p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
+    p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1: off)")
+    p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply")
+    p.add_argument("--max-context", type=int, default=256, help="dialogue tokens kept as context")
+    p.set_defaults(fn=_cmd_chat)
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")

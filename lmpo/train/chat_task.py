@@ -45,6 +45,9 @@ class ChatTask:
         assert cfg.text is not None
         self.cfg, self.t, self.run_dir, self.device = cfg, cfg.text, run_dir, device
         dialogues = load_jsonl(self.t.jsonl) if self.t.jsonl else load_chatterbot(self.t.categories)
+        # the corpus repeats conversations across files (2,026 of which 899 distinct): a repeat teaches
+        # nothing new and would make every epoch and evaluation longer
+        dialogues = list(dict.fromkeys(dialogues))
         self.train, self.heldout = split_dialogues(dialogues, self.t.heldout_fraction)
         if not self.train:
             raise ValueError("no training conversations (heldout_fraction too large for this corpus?)")

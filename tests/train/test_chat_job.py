@@ -1,0 +1,61 @@
+"""The dialogue job end to end on a tiny configuration: train, eval, chat, load, pretrain + resume."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import lmpo
+from lmpo.cli import main
+from lmpo.config import load_config
+from lmpo.train import Trainer
+
+TINY = ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.embed=32", "policy.hidden=64",
+        "algo.name=ppo", "algo.epochs=2", "algo.batch_size=16",
+        "text.categories=[greetings]", "text.vocab_size=300", "text.pretrain.epochs=3",
+        "text.sampling.max_new_tokens=8", "text.conversations_per_update=4", "text.samples_per_prompt=2",
+        "text.user.max_turns=2", "train.total_steps=40", "train.eval_every=0", "train.checkpoint_every=2",
+        "train.progress=false"]
+
+
+def _cfg(tmp_path: Path, *extra: str):
+    return load_config(None, [*TINY, f"train.runs_dir={tmp_path}", *extra])
+
+
+def test_train_eval_chat_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "--resume", str(tmp_path / "nope")]) == 2  # not a run directory
+    cfg_args = [*TINY, f"train.runs_dir={tmp_path}", "name=chat"]
+    assert main(["pretrain", "configs/chatbot.yaml", *cfg_args]) == 0
+    run = tmp_path / "chat"
+    assert (run / "tokenizer").is_dir() and (run / "reference.safetensors").is_file()
+    assert main(["train", "--resume", str(run)]) == 0
+    out = capsys.readouterr().out
+    assert "before RL" in out  # RL after `lmpo pretrain` starts at update 0: before and after columns
+    assert "satisfaction (train)" in out and "sample conversation" in out
+    assert main(["eval", str(run)]) == 0
+    assert "satisfaction (held-out)" in capsys.readouterr().out
+    policy, tokenizer = lmpo.load(run)
+    assert not policy.training and tokenizer.eos_token == "<eos>"
+    chat = subprocess.run([sys.executable, "-m", "lmpo.cli", "chat", str(run), "--temperature", "0"],
+                          input="Hello\n/reset\nHi\n/quit\n", capture_output=True, text=True, timeout=120)
+    assert chat.returncode == 0 and chat.stdout.count("bot:") == 2 and "(history cleared)" in chat.stdout
+
+
+def test_fresh_run_prints_before_and_after(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["train", "configs/chatbot.yaml", *TINY, f"train.runs_dir={tmp_path}"]) == 0
+    out = capsys.readouterr().out
+    assert "before RL" in out and "after RL" in out and "KL to reference" in out
+
+
+def test_text_resume_is_exact(tmp_path: Path) -> None:
+    straight = Trainer(_cfg(tmp_path, "name=a", "train.total_steps=40"))
+    straight.train()
+    first = Trainer(_cfg(tmp_path, "name=b", "train.total_steps=20"))
+    first.train()
+    resumed = Trainer(_cfg(tmp_path, "name=b", "train.total_steps=40"), run_dir=first.run_dir, resume=True)
+    assert resumed.iteration == first.iteration > 0
+    resumed.train()
+    for (k, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
+        assert torch.equal(a, b), k
