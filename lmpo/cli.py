@@ -26,7 +26,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = read_run_config(run_dir, overrides)
         trainer = Trainer(cfg, run_dir=run_dir, resume=True)
     else:
-        cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
+        config, overrides = _config_and_overrides(args)
+        cfg = load_config(config, overrides)
         trainer = Trainer(cfg)
     print(f"run directory: {trainer.run_dir}")
     summary = trainer.train()
@@ -73,11 +74,21 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _config_and_overrides(args: argparse.Namespace) -> tuple[Path, list[str]]:
+    """CONFIG is optional: ``lmpo train algo.lr=1e-4`` overrides the default recipe."""
+    if args.config is None:
+        return DEFAULT_RECIPE, args.overrides
+    if "=" in args.config and not Path(args.config).exists():
+        return DEFAULT_RECIPE, [args.config, *args.overrides]
+    return Path(args.config), args.overrides
+
+
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from lmpo.config import load_config
     from lmpo.train.trainer import Trainer
 
-    cfg = load_config(args.config or DEFAULT_RECIPE, args.overrides)
+    config, overrides = _config_and_overrides(args)
+    cfg = load_config(config, overrides)
     if not cfg.is_text:
         raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
     trainer = Trainer(cfg)  # pre-trains the model and saves it as the frozen reference

@@ -64,3 +64,17 @@ def test_tensorboard_has_the_metrics(tmp_path: Path) -> None:
     for tag in ["charts/episode_return", "losses/policy", "losses/value", "losses/entropy", "trpo/kl",
                 "charts/explained_variance", "charts/sps", "eval/mean_return", "trpo/line_search_steps"]:
         assert tag in tags, tag
+
+
+def test_config_slot_may_hold_an_override(tmp_path: Path) -> None:
+    import argparse
+
+    from lmpo.cli import DEFAULT_RECIPE, _config_and_overrides
+
+    def parse(config, *overrides):
+        return _config_and_overrides(argparse.Namespace(config=config, overrides=list(overrides)))
+
+    assert parse(None) == (DEFAULT_RECIPE, [])
+    assert parse("algo.lr=1e-4", "seed=2") == (DEFAULT_RECIPE, ["algo.lr=1e-4", "seed=2"])
+    assert parse("configs/cartpole-ppo.yaml", "seed=2") == (Path("configs/cartpole-ppo.yaml"), ["seed=2"])
+    assert DEFAULT_RECIPE.is_file() and DEFAULT_RECIPE.name == "chatbot.yaml"
