@@ -101,7 +101,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from lmpo.api import load
-    from lmpo.data import Turn, encode_prompt
+    from lmpo.data import Turn, decode_reply, encode_prompt
     from lmpo.policies import SamplingConfig, generate
     from lmpo.train.text import left_pad
 
@@ -127,8 +127,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             continue
         history.append(Turn("user", line))
-        gen = generate(policy, left_pad([encode_prompt(tokenizer, history)[-args.max_context:]], policy.pad_id))
-        reply = str(tokenizer.decode(gen.tokens[0, gen.mask[0] > 0].tolist(), skip_special_tokens=True)).strip()
+        gen = generate(policy, left_pad([encode_prompt(tokenizer, history, args.max_context)], policy.pad_id))
+        reply = decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
         history.append(Turn("assistant", reply))
         print(f"bot: {reply}")
 

@@ -99,6 +99,13 @@ def encode_dialogue(tok: PreTrainedTokenizerBase, dialogue: Sequence[Turn]) -> E
     return EncodedDialogue(ids, mask)
 
 
-def encode_prompt(tok: PreTrainedTokenizerBase, history: Sequence[Turn]) -> list[int]:
-    """The ids a reply is generated from: the history in chat format, then ``<|assistant|>``."""
-    return encode_dialogue(tok, history).ids + [token_id(tok, ASSISTANT)]
+def encode_prompt(tok: PreTrainedTokenizerBase, history: Sequence[Turn], max_tokens: int | None = None) -> list[int]:
+    """The ids a reply is generated from: the history in chat format, then ``<|assistant|>``; only the last
+    ``max_tokens`` when given (the most recent context)."""
+    ids = encode_dialogue(tok, history).ids + [token_id(tok, ASSISTANT)]
+    return ids if max_tokens is None else ids[-max_tokens:]
+
+
+def decode_reply(tok: PreTrainedTokenizerBase, ids: Sequence[int]) -> str:
+    """A reply's text: special tokens (the closing ``<eos>``) dropped, surrounding space stripped."""
+    return str(tok.decode(list(ids), skip_special_tokens=True)).strip()

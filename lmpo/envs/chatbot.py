@@ -21,6 +21,7 @@ import gymnasium as gym
 import numpy as np
 
 from lmpo.data.corpus import Dialogue, Turn, load_chatterbot
+from lmpo.data.tokenizer import decode_reply, dialogue_texts, encode_prompt, train_tokenizer
 from lmpo.rewards.satisfaction import SimulatedUser, Verdict
 
 
@@ -92,8 +93,6 @@ class ChatbotEnv(gym.Env[np.ndarray, np.int64]):
     def __init__(self, tokenizer: Any = None, dialogues: Sequence[Dialogue] | None = None, max_turns: int = 3,
                  max_reply_tokens: int = 32, max_len: int = 256, satisfied_at: float = 0.6,
                  neutral_at: float = 0.3, vocab_size: int = 2048) -> None:
-        from lmpo.data.tokenizer import dialogue_texts, train_tokenizer
-
         self.dialogues = list(dialogues) if dialogues is not None else load_chatterbot()
         self.tokenizer = tokenizer or train_tokenizer(dialogue_texts(self.dialogues), vocab_size)
         self.user = SimulatedUser(self.dialogues, satisfied_at, neutral_at)
@@ -107,8 +106,6 @@ class ChatbotEnv(gym.Env[np.ndarray, np.int64]):
 
     def _ids(self) -> list[int]:
         """The dialogue so far in chat format, with the reply being written."""
-        from lmpo.data.tokenizer import encode_prompt
-
         assert self.conversation is not None
         return encode_prompt(self.tokenizer, self.conversation.history) + self.reply
 
@@ -135,8 +132,7 @@ class ChatbotEnv(gym.Env[np.ndarray, np.int64]):
         info: dict[str, Any] = {}
         reward, terminated = 0.0, False
         if int(action) == self.eos_id or len(self.reply) >= self.max_reply_tokens:
-            tokens = [t for t in self.reply if t != self.eos_id]
-            text = str(self.tokenizer.decode(tokens, skip_special_tokens=True)).strip()
+            text = decode_reply(self.tokenizer, self.reply)
             verdict = self.conversation.respond(text, self.user)
             reward, terminated = float(verdict.value), self.conversation.done
             info = {"reply": text, "verdict": verdict.name.lower()}

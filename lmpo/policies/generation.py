@@ -75,11 +75,13 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
     return Generation(tokens, reply_mask, logprobs * reply_mask, values * reply_mask)
 
 
-def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Tensor | None = None) -> Rollout:
+def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Tensor | None = None,
+               bootstrap: Tensor | None = None) -> Rollout:
     """A ``Rollout`` of one reply per row: the reward ``(B,)`` on the reply's last token, which ends it.
 
-    Inside a reply ``V(s_t+1)`` is the next token's value; after the last token the episode (of this
-    utterance) is over, so it bootstraps from 0.
+    Inside a reply ``V(s_t+1)`` is the next token's value; after the last token the recursion is cut and
+    bootstraps from ``bootstrap (B,)``: 0 when the episode ended (the default), the value of the next
+    reply's first state when the conversation goes on.
     """
     mask = gen.mask
     last = (mask.sum(1).long() - 1).clamp_min(0)  # (B,) index of each reply's last token
@@ -88,6 +90,9 @@ def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Ten
     per_token[rows, last] = rewards.to(mask.dtype)
     dones = torch.zeros_like(mask)
     dones[rows, last] = 1.0
-    next_values = torch.cat([gen.values[:, 1:], torch.zeros_like(gen.values[:, :1])], dim=1) * (1 - dones) * mask
+    next_values = torch.cat([gen.values[:, 1:], torch.zeros_like(gen.values[:, :1])], dim=1) * (1 - dones)
+    if bootstrap is not None:
+        next_values[rows, last] = bootstrap.to(next_values.dtype)
+    next_values = next_values * mask
     return Rollout(obs=prompts, actions=gen.tokens, logprobs=gen.logprobs, rewards=per_token, mask=mask,
                    dones=dones, values=gen.values, next_values=next_values, group_ids=group_ids)

@@ -14,6 +14,7 @@ from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
 from lmpo.data import (
     Dialogue,
     Turn,
+    decode_reply,
     dialogue_texts,
     encode_dialogue,
     encode_prompt,
@@ -115,7 +116,6 @@ class ChatTask:
                                           self.t.samples_per_prompt, self.t.max_prompt_tokens, seed=self.cfg.seed)
         return metrics
 
-
     # ------------------------------------------------------------------------------------ the loop
     def collect(self, policy: LMPolicy) -> tuple[Rollout, dict[str, float]]:
         """Conversations with the simulated user; the KL coefficient adapts to the measured KL."""
@@ -156,11 +156,9 @@ class ChatTask:
         saved, policy.sampling = policy.sampling, sampling
         try:
             while not conv.done:
-                prompt = left_pad([encode_prompt(self.tokenizer, conv.history)[-self.t.max_prompt_tokens:]],
-                                  policy.pad_id, self.device)
-                gen = generate(policy, prompt)
-                ids = gen.tokens[0, gen.mask[0] > 0].tolist()
-                text = str(self.tokenizer.decode(ids, skip_special_tokens=True)).strip()
+                prompt = encode_prompt(self.tokenizer, conv.history, self.t.max_prompt_tokens)
+                gen = generate(policy, left_pad([prompt], policy.pad_id, self.device))
+                text = decode_reply(self.tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
                 verdicts.append(conv.respond(text, self.user).name.lower())
                 if not conv.done:
                     verdicts.append(None)
@@ -179,7 +177,7 @@ class ChatTask:
             if not chosen:
                 continue
             rollout, stats = self._play(policy, chosen, greedy, None)
-            replies = [str(self.tokenizer.decode(a[m > 0].tolist(), skip_special_tokens=True)).strip()
+            replies = [decode_reply(self.tokenizer, a[m > 0].tolist())
                        for a, m in zip(rollout.actions, rollout.mask, strict=True)]
             out.update({f"eval/{split}_satisfaction": stats.satisfaction, f"eval/{split}_reward": stats.mean_reward,
                         f"eval/{split}_turns": stats.mean_turns, f"eval/{split}_distinct2": distinct_2(replies),
@@ -206,6 +204,3 @@ class ChatTask:
             self.kl.load_state_dict(saved["kl"])
             assert self.collector is not None
             self.collector.rng.bit_generator.state = saved["rng"]
-
-
-

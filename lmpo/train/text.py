@@ -17,9 +17,9 @@ from transformers import PreTrainedTokenizerBase
 
 from lmpo.core import FixedKLController, Rollout, kl_estimate
 from lmpo.core.kl import KLEstimator
-from lmpo.data.tokenizer import encode_prompt
+from lmpo.data.tokenizer import decode_reply, encode_prompt
 from lmpo.envs.chatbot import ChatbotBatch
-from lmpo.policies.generation import generate
+from lmpo.policies.generation import Generation, generate, to_rollout
 from lmpo.policies.lm import LMPolicy
 
 
@@ -72,58 +72,44 @@ class ChatbotCollector:
         replies: dict[int, list[dict]] = {c: [] for c in range(len(convs))}
         while self.batch.active:
             active = self.batch.active
-            prompts = left_pad([encode_prompt(self.tokenizer, convs[c].history)[-self.max_prompt_tokens:]
-                                for c in active], policy.pad_id)
-            gen = generate(policy, prompts)
+            prompt_ids = [encode_prompt(self.tokenizer, convs[c].history, self.max_prompt_tokens) for c in active]
+            gen = generate(policy, left_pad(prompt_ids, policy.pad_id))
             texts = {}
             for row, c in enumerate(active):
                 n = int(gen.mask[row].sum())
-                tokens = gen.tokens[row, :n]
-                body = tokens[:-1] if n and int(tokens[-1]) == policy.eos_id else tokens
-                texts[c] = str(self.tokenizer.decode(body.tolist(), skip_special_tokens=True)).strip()
-                replies[c].append({"prompt": prompts[row], "tokens": tokens, "logprobs": gen.logprobs[row, :n],
-                                   "values": gen.values[row, :n]})
+                texts[c] = decode_reply(self.tokenizer, gen.tokens[row, :n].tolist())
+                replies[c].append({"prompt": prompt_ids[row], "tokens": gen.tokens[row, :n],
+                                   "logprobs": gen.logprobs[row, :n], "values": gen.values[row, :n]})
             for c, verdict in self.batch.step(texts).items():
                 replies[c][-1]["reward"] = float(verdict.value)
         rows = [r for c in range(len(convs)) for r in replies[c]]
-        rollout = self._pack(policy, rows, [len(replies[c]) for c in range(len(convs))])
+        rollout = self._pack(policy.pad_id, rows, [len(replies[c]) for c in range(len(convs))])
+        kl = self._kl(rollout)  # (B, T) one pass of the reference, for the penalty and the statistics
+        rollout.rewards = rollout.rewards - self.kl.value * kl
         n_tokens = float(rollout.mask.sum())
-        kl_tok = float(self._kl(policy, rollout).sum()) / max(n_tokens, 1.0)
         rewards = [r["reward"] for r in rows]
         stats = ChatStats(float(np.mean([x == 1.0 for x in rewards])), float(np.mean(rewards)),
-                          len(rows) / len(convs), kl_tok, n_tokens / len(rows))
+                          len(rows) / len(convs), float(kl.sum()) / max(n_tokens, 1.0), n_tokens / len(rows))
         return rollout, stats
 
-    def _kl(self, policy: LMPolicy, rollout: Rollout) -> Tensor:
+    def _kl(self, rollout: Rollout) -> Tensor:
         """Per-token KL estimate to the reference (zero without one)."""
         if self.reference is None:
             return torch.zeros_like(rollout.logprobs)
         ref = self.reference.evaluate(rollout.obs, rollout.actions).log_probs
         return kl_estimate(rollout.logprobs, ref, self.kl_estimator) * rollout.mask
 
-    def _pack(self, policy: LMPolicy, rows: list[dict], turns: list[int]) -> Rollout:
-        prompts = left_pad([r["prompt"][r["prompt"] != policy.pad_id].tolist() for r in rows], policy.pad_id)
-        actions = right_pad([r["tokens"] for r in rows], policy.pad_id)
-        mask = (actions != policy.pad_id).float()
-        logprobs, values = right_pad([r["logprobs"] for r in rows], 0.0), right_pad([r["values"] for r in rows], 0.0)
-        last = (mask.sum(1).long() - 1).clamp_min(0)
-        b = torch.arange(len(rows))
-        rewards = torch.zeros_like(mask)
-        rewards[b, last] = torch.tensor([r["reward"] for r in rows])
-        dones = torch.zeros_like(mask)
-        dones[b, last] = 1.0
-        # inside a reply V(s_t+1) is the next token's value; a reply that the conversation continues after
-        # bootstraps from the next reply's first value; the conversation's last reply from 0
-        following = torch.cat([values[:, 1:], torch.zeros(len(rows), 1)], dim=1)
+    def _pack(self, pad_id: int, rows: list[dict], turns: list[int]) -> Rollout:
+        """Pad the replies into one rollout; a reply the conversation continues after bootstraps from the
+        next reply's first value, the conversation's last reply from 0."""
+        values = right_pad([r["values"] for r in rows], 0.0)
+        actions = right_pad([r["tokens"] for r in rows], pad_id)
+        gen = Generation(actions, (actions != pad_id).float(), right_pad([r["logprobs"] for r in rows], 0.0), values)
         boot = torch.zeros(len(rows))
         start = 0
         for n in turns:
-            for j in range(start, start + n - 1):
-                boot[j] = values[j + 1, 0]
+            boot[start:start + n - 1] = values[start + 1:start + n, 0]
             start += n
-        following[b, last] = boot
-        rollout = Rollout(obs=prompts, actions=actions, logprobs=logprobs, rewards=rewards, mask=mask, dones=dones,
-                          values=values, next_values=following * mask,
-                          group_ids=torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns)) // self.k)
-        rollout.rewards = rollout.rewards - self.kl.value * self._kl(policy, rollout)
-        return rollout
+        groups = torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns)) // self.k
+        return to_rollout(left_pad([r["prompt"] for r in rows], pad_id), gen, torch.tensor([r["reward"] for r in rows]),
+                          groups, bootstrap=boot)

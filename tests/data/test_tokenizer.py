@@ -72,3 +72,14 @@ def test_loss_mask_covers_exactly_the_bot(saved: Path) -> None:
 def test_too_small_vocab() -> None:
     with pytest.raises(ValueError, match="at least"):
         train_tokenizer(["a b c"], vocab_size=100)
+
+
+def test_prompt_window_and_reply_decoding(saved: Path) -> None:
+    from lmpo.data import decode_reply
+
+    tok = load_tokenizer(saved)
+    history = [Turn("user", "Hello there, how are you doing today?")]
+    full = encode_prompt(tok, history)
+    assert encode_prompt(tok, history, 5) == full[-5:] and encode_prompt(tok, history, 10_000) == full
+    reply = tok.encode(" Fine, thanks. ", add_special_tokens=False) + [tok.eos_token_id]
+    assert decode_reply(tok, reply) == "Fine, thanks."
