@@ -74,9 +74,7 @@ class LMPolicy(nn.Module):
         """Generate replies to left-padded prompts ``(B, P)`` (greedy when ``deterministic``)."""
         from lmpo.policies.generation import generate
 
-        settings = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens,
-                                  min_new_tokens=self.sampling.min_new_tokens) if deterministic else None
-        out = generate(self, obs, settings)
+        out = generate(self, obs, self.sampling.as_greedy() if deterministic else None)
         return PolicyStep(out.tokens, out.logprobs, out.values, out.mask)
 
     def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:

@@ -35,6 +35,10 @@ class SamplingConfig:
         """Whether decoding takes the most likely token."""
         return self.temperature == 0
 
+    def as_greedy(self) -> SamplingConfig:
+        """The same reply lengths, decoded greedily (for evaluation and transcripts)."""
+        return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens)
+
 
 def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, pad_id: int, eos_id: int) -> Tensor:
     """Log-probabilities ``(..., V)`` of the sampling distribution at response position ``step``.
@@ -57,6 +61,7 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
             eos_bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
             eos_bias[eos_id] = float("-inf")
             x = torch.where(early.unsqueeze(-1), x + eos_bias, x)
+    banned = torch.isneginf(x) if cfg.epsilon > 0 else None  # the tokens never emitted here (logits are finite)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
@@ -68,8 +73,7 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
         drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
         x = x.masked_fill(drop, float("-inf"))
     logp = torch.log_softmax(x, dim=-1)
-    if cfg.epsilon > 0:
-        banned = _banned(x.shape, step, cfg, pad_id, eos_id, x.device)
+    if banned is not None:
         allowed = ~banned
         # p = (1 - eps) p_filtered + eps * uniform(allowed tokens), in log space. Inside logaddexp every
         # -inf (banned or filtered token) becomes -1e4: exp(-1e4) is exactly 0 in float32, so no probability
@@ -79,16 +83,6 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
         kept = kept + math.log1p(-cfg.epsilon) if cfg.epsilon < 1 else torch.full_like(kept, -1e4)
         logp = torch.logaddexp(kept, log_uniform.expand_as(kept)).masked_fill(banned, float("-inf"))
     return logp
-
-
-def _banned(shape: torch.Size, step: Tensor | int, cfg: SamplingConfig, pad_id: int, eos_id: int,
-            device: torch.device) -> Tensor:
-    """``(..., V)`` mask of the tokens that can never be emitted here (pad; eos before min_new_tokens)."""
-    banned = torch.zeros(shape, dtype=torch.bool, device=device)
-    banned[..., pad_id] = True
-    if cfg.min_new_tokens > 0:
-        banned[..., eos_id] |= torch.as_tensor(step, device=device) < cfg.min_new_tokens
-    return banned
 
 
 def sample_categorical(logp: Tensor) -> Tensor:

@@ -170,8 +170,7 @@ class ChatTask:
     def evaluate(self, policy: LMPolicy) -> dict[str, float]:
         """Greedy conversations from training and held-out openings, perplexity, diversity, KL to reference."""
         n, out = self.t.eval_conversations, {}
-        greedy = SamplingConfig(temperature=0.0, max_new_tokens=self.sampling.max_new_tokens,
-                                min_new_tokens=self.sampling.min_new_tokens)
+        greedy = self.sampling.as_greedy()
         for split, dialogues in (("train", self.train), ("heldout", self.heldout)):
             chosen = dialogues[:n] if n else dialogues
             if not chosen:

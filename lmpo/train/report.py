@@ -32,14 +32,11 @@ def print_eval_table(columns: dict[str, dict[str, float]], title: str = "evaluat
 
 def print_transcript(task: object, policy: object, index: int = 0) -> None:
     """A sample conversation (greedy replies) from a held-out opening line, or a training one."""
-    from lmpo.policies import SamplingConfig
     from lmpo.train.chat_task import ChatTask
 
     assert isinstance(task, ChatTask)
     dialogues = task.heldout or task.train
-    greedy = SamplingConfig(temperature=0.0, max_new_tokens=task.sampling.max_new_tokens,
-                            min_new_tokens=task.sampling.min_new_tokens)
-    conversation = task.converse(policy, dialogues[index], greedy)  # type: ignore[arg-type]
+    conversation = task.converse(policy, dialogues[index], task.sampling.as_greedy())  # type: ignore[arg-type]
     console = Console()
     console.print("[bold]sample conversation[/bold] (held-out opening)" if task.heldout else "[bold]sample[/bold]")
     for turn, verdict in conversation:
