@@ -5,8 +5,10 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
 
@@ -65,3 +67,14 @@ class Policy(Protocol):
     def critic_parameters(self) -> list[nn.Parameter]:
         """Parameters only the value function uses (empty without a separate critic)."""
         ...
+
+
+def save_weights(module: nn.Module, path: str | Path) -> None:
+    """``module.state_dict()`` as safetensors. Copies: parameters may be views of one optimiser buffer,
+    and safetensors refuses tensors that share storage."""
+    save_file({k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}, str(path))
+
+
+def load_weights(module: nn.Module, path: str | Path) -> None:
+    """Load what ``save_weights`` wrote."""
+    module.load_state_dict(load_file(str(path)))

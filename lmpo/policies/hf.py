@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from lmpo.policies.attention import StaticKV, allowed_keys, attend
+from lmpo.policies.base import save_weights
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
 
@@ -102,13 +103,10 @@ def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = N
 
 def save_hf_policy(policy: LMPolicy, tokenizer: Any, path: str | Path) -> None:
     """``save_pretrained`` of the model and tokenizer, plus ``value_head.safetensors`` beside them."""
-    from safetensors.torch import save_file
-
     body = policy.body
     if not isinstance(body, HFCausalLM):
         raise TypeError("save_hf_policy needs a policy built by load_hf_policy")
     path = Path(path)
     body.model.save_pretrained(path)  # type: ignore[operator]
     tokenizer.save_pretrained(path)
-    save_file({k: v.detach().cpu().clone() for k, v in policy.value_head.state_dict().items()},
-              str(path / "value_head.safetensors"))
+    save_weights(policy.value_head, path / "value_head.safetensors")

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
+import copy
 import pickle
 from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 
 from lmpo.config import Config
 from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
@@ -27,9 +27,9 @@ from lmpo.data import (
 from lmpo.data.tokenizer import EOS, PAD, token_id
 from lmpo.envs.chatbot import ChatbotBatch
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
+from lmpo.policies.base import load_weights, save_weights
 from lmpo.rewards import SimulatedUser
 from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
-from lmpo.train.tasks import frozen_copy
 from lmpo.train.text import ChatbotCollector
 
 
@@ -100,17 +100,19 @@ class ChatTask:
         ref_path = self.run_dir / "reference.safetensors"
         metrics: dict[str, float] = {}
         if resumed and ref_path.is_file():
-            ref = self.build_policy()
-            ref.load_state_dict(load_file(str(ref_path)))
+            ref = self.build_policy()  # a throwaway copy: frozen as it is
+            load_weights(ref, ref_path)
         else:
             pt = self.t.pretrain
             if pt.epochs:
                 metrics = pretrain(policy, self._encoded(self.train), self._encoded(self.heldout),
                                    PretrainConfig(pt.epochs, pt.lr, pt.batch_size, pt.max_len, seed=self.cfg.seed),
                                    progress=self.cfg.train.progress)
-            ref = policy
-            save_file({k: v.detach().cpu().clone() for k, v in policy.state_dict().items()}, str(ref_path))
-        self.reference = frozen_copy(ref).to(self.device)  # type: ignore[assignment]
+            save_weights(policy, ref_path)
+            ref = copy.deepcopy(policy)
+        ref.eval()
+        ref.requires_grad_(False)
+        self.reference = ref.to(self.device)
         self.collector = ChatbotCollector(ChatbotBatch(self.train, self.user, self.t.user.max_turns), self.tokenizer,
                                           self.reference, self.kl, self.t.kl.estimator, self.t.conversations_per_update,
                                           self.t.samples_per_prompt, self.t.max_prompt_tokens, seed=self.cfg.seed)

@@ -16,8 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
+
+from lmpo.policies.base import load_weights, save_weights
 
 # Fault injection for the crash tests: kill this process half-way through the N-th checkpoint write.
 _KILL_DURING_SAVE = int(os.environ.get("LMPO_FAULT_KILL_DURING_CHECKPOINT", "0"))
@@ -49,9 +50,7 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dic
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
-    # copies: parameters may be views of one optimiser buffer, and safetensors refuses shared storage
-    weights = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
-    save_file(weights, str(tmp / "policy.safetensors"))
+    save_weights(model, tmp / "policy.safetensors")
     _fsync_path(tmp / "policy.safetensors")
     if _saves == _KILL_DURING_SAVE:
         os.kill(os.getpid(), signal.SIGKILL)
@@ -90,6 +89,6 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the saved training state."""
-    model.load_state_dict(load_file(str(path / "policy.safetensors")))
+    load_weights(model, path / "policy.safetensors")
     state: dict[str, Any] = torch.load(path / "state.pt", weights_only=False)
     return state

@@ -7,14 +7,12 @@ that frozen reference by the KL penalty). The loop itself lives in ``trainer.py`
 
 from __future__ import annotations
 
-import copy
 import pickle
 from pathlib import Path
 from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch import nn
 
 from lmpo.config import Config
 from lmpo.core import Rollout
@@ -130,10 +128,3 @@ def make_task(cfg: Config, run_dir: Path, device: torch.device) -> Task:
         return ChatTask(cfg, run_dir, device)
     return ControlTask(cfg, device)
 
-
-def frozen_copy(policy: nn.Module) -> nn.Module:
-    """A copy of ``policy`` that never trains (the KL reference)."""
-    ref = copy.deepcopy(policy).eval()
-    for p in ref.parameters():
-        p.requires_grad_(False)
-    return ref
