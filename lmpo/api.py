@@ -6,22 +6,28 @@ from pathlib import Path
 from typing import Any
 
 
-def load(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
-    """``(policy, tokenizer)`` of the run's latest checkpoint, in eval mode; the tokenizer is None for
-    control runs. A text run's policy generates with ``lmpo.policies.generate``."""
-    import torch
-
+def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Any, Any, str]:
+    """``(task, policy, checkpoint name)`` of a run's latest checkpoint, the policy in eval mode on
+    ``device`` (default: the run's ``train.device``)."""
     from lmpo.config import ConfigError
     from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint
     from lmpo.train.tasks import make_task
-    from lmpo.train.trainer import read_run_config
+    from lmpo.train.trainer import read_run_config, resolve_device
 
     run_dir = Path(run_dir)
     cfg = read_run_config(run_dir)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")
-    task = make_task(cfg, run_dir, torch.device(device))
+    dev = resolve_device(device or cfg.train.device)
+    task = make_task(cfg, run_dir, dev)
     policy = task.build_policy()
     load_checkpoint(ckpt, policy)
-    return policy.to(device).eval(), getattr(task, "tokenizer", None)
+    return task, policy.to(dev).eval(), ckpt.name
+
+
+def load(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
+    """``(policy, tokenizer)`` of the run's latest checkpoint, in eval mode; the tokenizer is None for
+    control runs. A text run's policy generates with ``lmpo.policies.generate``."""
+    task, policy, _ = load_run(run_dir, device)
+    return policy, getattr(task, "tokenizer", None)

@@ -46,30 +46,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint
-    from lmpo.train.tasks import make_task
-    from lmpo.train.trainer import read_run_config, resolve_device
+    from lmpo.api import load_run
 
-    run_dir = Path(args.run_dir)
-    cfg = read_run_config(run_dir)
-    ckpt = latest_checkpoint(run_dir / "checkpoints")
-    if ckpt is None:
-        raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")
-    task = make_task(cfg, run_dir, resolve_device(cfg.train.device))
-    policy = task.build_policy()
-    load_checkpoint(ckpt, policy)
-    policy.eval()
+    task, policy, ckpt_name = load_run(args.run_dir)
+    cfg = task.cfg
     if cfg.is_text:
         task.prepare(policy, resumed=True)  # the saved reference, for the KL column
         from lmpo.train.report import print_eval_table
 
-        print_eval_table({"after": task.evaluate(policy)}, title=f"{cfg.env.id}  {ckpt.name}")
+        print_eval_table({"after": task.evaluate(policy)}, title=f"{cfg.env.id}  {ckpt_name}")
         return 0
     from lmpo.train.evaluate import evaluate_policy
 
     returns = evaluate_policy(policy, cfg.env.id, args.episodes, args.seed, cfg.env.kwargs,
                               deterministic=not args.stochastic)
-    print(f"{cfg.env.id}  {ckpt.name}  episodes {len(returns)}  "
+    print(f"{cfg.env.id}  {ckpt_name}  episodes {len(returns)}  "
           f"return {returns.mean():.2f} +/- {returns.std():.2f}  (min {returns.min():.2f}, max {returns.max():.2f})")
     return 0
 
