@@ -9,6 +9,7 @@ import numpy as np
 import torch
 from gymnasium.vector import VectorEnv
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 
 from lmpo.core import Rollout
 from lmpo.policies.mlp import MLPPolicy
@@ -115,12 +116,8 @@ def _pad_episodes(rows: list[dict[str, Tensor]], has_value: bool, device: torch.
     lengths = [len(r["rewards"]) for r in rows]
     b, t_max = len(rows), max(lengths)
 
-    def pad(key: str) -> Tensor:
-        first = rows[0][key]
-        out = torch.zeros((b, t_max, *first.shape[1:]), dtype=first.dtype, device=device)
-        for i, r in enumerate(rows):
-            out[i, : lengths[i]] = r[key]
-        return out
+    def pad(key: str) -> Tensor:  # (B, T_max, ...), zeros after each episode's end
+        return pad_sequence([r[key] for r in rows], batch_first=True)
 
     mask = torch.zeros(b, t_max, device=device)
     dones = torch.zeros(b, t_max, device=device)

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 from torch import Tensor
+from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
 from lmpo.core import FixedKLController, Rollout, kl_estimate
@@ -30,15 +31,6 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
     for i, r in enumerate(rows):
         out[i, width - len(r):] = torch.tensor(r)
     return out.to(device)
-
-
-def right_pad(rows: list[Tensor], pad_value: float | int) -> Tensor:
-    """``(B, max_len)`` with each row's values at the left end."""
-    width = max(len(r) for r in rows)
-    out = torch.full((len(rows), width), pad_value, dtype=rows[0].dtype)
-    for i, r in enumerate(rows):
-        out[i, : len(r)] = r
-    return out
 
 
 @dataclass
@@ -102,9 +94,10 @@ class ChatbotCollector:
     def _pack(self, pad_id: int, rows: list[dict], turns: list[int]) -> Rollout:
         """Pad the replies into one rollout; a reply the conversation continues after bootstraps from the
         next reply's first value, the conversation's last reply from 0."""
-        values = right_pad([r["values"] for r in rows], 0.0)
-        actions = right_pad([r["tokens"] for r in rows], pad_id)
-        gen = Generation(actions, (actions != pad_id).float(), right_pad([r["logprobs"] for r in rows], 0.0), values)
+        values = pad_sequence([r["values"] for r in rows], batch_first=True)
+        actions = pad_sequence([r["tokens"] for r in rows], batch_first=True, padding_value=pad_id)
+        logprobs = pad_sequence([r["logprobs"] for r in rows], batch_first=True)
+        gen = Generation(actions, (actions != pad_id).float(), logprobs, values)
         boot = torch.zeros(len(rows))
         start = 0
         for n in turns:
