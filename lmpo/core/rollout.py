@@ -11,7 +11,6 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from torch import Tensor
 
 
@@ -68,7 +67,3 @@ class Rollout:
             return t.reshape(-1, *t.shape[2:])[keep].unsqueeze(1)
 
         return dataclasses.replace(self, group_ids=None)._map(flat)
-
-    def to(self, device: torch.device | str) -> Rollout:
-        """The same rollout on another device."""
-        return self._map(lambda t: t.to(device))

@@ -16,7 +16,7 @@ from torch import Tensor
 from torch.nn.utils.rnn import pad_sequence
 from transformers import PreTrainedTokenizerBase
 
-from lmpo.core import FixedKLController, Rollout, kl_estimate
+from lmpo.core import FixedKLController, Rollout, kl_estimate, kl_penalized_rewards
 from lmpo.core.kl import KLEstimator
 from lmpo.data.tokenizer import decode_reply, encode_prompt
 from lmpo.envs.chatbot import ChatbotBatch
@@ -76,20 +76,18 @@ class ChatbotCollector:
                 replies[c][-1]["reward"] = float(verdict.value)
         rows = [r for c in range(len(convs)) for r in replies[c]]
         rollout = self._pack(policy.pad_id, rows, [len(replies[c]) for c in range(len(convs))])
-        kl = self._kl(rollout)  # (B, T) one pass of the reference, for the penalty and the statistics
-        rollout.rewards = rollout.rewards - self.kl.value * kl
+        # step 3. shape: one pass of the reference serves the penalty and the statistics
+        ref = rollout.logprobs  # without a reference the KL is 0
+        if self.reference is not None:
+            ref = self.reference.evaluate(rollout.obs, rollout.actions).log_probs
+        rollout.rewards = kl_penalized_rewards(rollout.rewards, rollout.logprobs, ref, rollout.mask, self.kl.value,
+                                               self.kl_estimator)
+        kl = kl_estimate(rollout.logprobs, ref, self.kl_estimator) * rollout.mask
         n_tokens = float(rollout.mask.sum())
         rewards = [r["reward"] for r in rows]
         stats = ChatStats(float(np.mean([x == 1.0 for x in rewards])), float(np.mean(rewards)),
                           len(rows) / len(convs), float(kl.sum()) / max(n_tokens, 1.0), n_tokens / len(rows))
         return rollout, stats
-
-    def _kl(self, rollout: Rollout) -> Tensor:
-        """Per-token KL estimate to the reference (zero without one)."""
-        if self.reference is None:
-            return torch.zeros_like(rollout.logprobs)
-        ref = self.reference.evaluate(rollout.obs, rollout.actions).log_probs
-        return kl_estimate(rollout.logprobs, ref, self.kl_estimator) * rollout.mask
 
     def _pack(self, pad_id: int, rows: list[dict], turns: list[int]) -> Rollout:
         """Pad the replies into one rollout; a reply the conversation continues after bootstraps from the
