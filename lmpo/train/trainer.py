@@ -12,7 +12,7 @@ import torch
 import yaml
 
 from lmpo.algorithms import make_algorithm
-from lmpo.config import Config, ConfigError, build_config
+from lmpo.config import Config, ConfigError, apply_overrides, build_config
 from lmpo.core import estimate_advantages, explained_variance
 from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmpo.train.logging import MetricsLogger
@@ -42,8 +42,6 @@ def save_config(cfg: Config, run_dir: Path) -> None:
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
     """The config a run was started with (plus optional overrides)."""
-    from lmpo.config import apply_overrides
-
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run_dir}")
@@ -162,10 +160,12 @@ class Trainer:
         return record
 
     def evaluate(self) -> dict[str, float]:
-        """The task's deterministic evaluation (timed apart from training)."""
+        """The task's evaluation, timed apart from training, on a forked RNG: how often a run evaluates
+        never changes what it trains (text evaluation samples replies)."""
         self.policy.eval()
         start = time.perf_counter()
-        out = self.task.evaluate(self.policy)
+        with torch.random.fork_rng():
+            out = self.task.evaluate(self.policy)
         self.last_eval = out["eval/mean_return"]
         self._eval_time += time.perf_counter() - start
         return out
