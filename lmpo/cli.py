@@ -35,8 +35,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
               f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")
         return 0
+    from lmpo.train.chat_task import ChatTask
     from lmpo.train.report import print_eval_table, print_transcript
 
+    assert isinstance(trainer.task, ChatTask)  # cfg.is_text
     after = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print_eval_table({"before RL": summary["before"], "after RL": after} if summary["before"] else {"after": after},
                      title=f"{cfg.env.id}: {cfg.algo.name} on a {cfg.policy.kind} policy")

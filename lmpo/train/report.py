@@ -2,8 +2,14 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from rich.console import Console
 from rich.table import Table
+
+if TYPE_CHECKING:
+    from lmpo.policies.lm import LMPolicy
+    from lmpo.train.chat_task import ChatTask
 
 ROWS = [
     ("satisfaction (train)", "eval/train_satisfaction", "{:.3f}"),
@@ -30,13 +36,10 @@ def print_eval_table(columns: dict[str, dict[str, float]], title: str = "evaluat
     Console().print(table)
 
 
-def print_transcript(task: object, policy: object, index: int = 0) -> None:
+def print_transcript(task: ChatTask, policy: LMPolicy, index: int = 0) -> None:
     """A sample conversation (greedy replies) from a held-out opening line, or a training one."""
-    from lmpo.train.chat_task import ChatTask
-
-    assert isinstance(task, ChatTask)
     dialogues = task.heldout or task.train
-    conversation = task.converse(policy, dialogues[index], task.sampling.as_greedy())  # type: ignore[arg-type]
+    conversation = task.converse(policy, dialogues[index], task.sampling.as_greedy())
     console = Console()
     console.print("[bold]sample conversation[/bold] (held-out opening)" if task.heldout else "[bold]sample[/bold]")
     for turn, verdict in conversation:
