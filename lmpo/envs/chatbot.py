@@ -1,8 +1,8 @@
 """``lmpo/Chatbot-v0``: a dialogue with a simulated user who judges every reply.
 
 The user opens with a conversation's first line; after each bot reply it is satisfied (reward 1.0),
-neutral (0.5) or unsatisfied (0.0). While satisfied and its conversation goes on, it says its next line,
-up to ``max_turns`` replies; anything else ends the episode.
+neutral (0.5) or unsatisfied (0.0). While satisfied and its conversation goes on with a line the corpus
+answers, it says its next line, up to ``max_turns`` replies; anything else ends the episode.
 
 Two faces over the same ``Conversation`` logic:
 
@@ -51,7 +51,9 @@ class Conversation:
         self.history.append(Turn("assistant", reply))
         self.turn += 1
         next_index = 2 * self.turn  # the user's next line in the corpus dialogue
-        if verdict is Verdict.SATISFIED and self.turn < self.max_turns and next_index < len(self.dialogue):
+        # the user goes on only with a line its dialogue answers: a closing user line (odd-length
+        # dialogues) has no acceptable reply, and every reply to it would be judged unsatisfied
+        if verdict is Verdict.SATISFIED and self.turn < self.max_turns and next_index + 1 < len(self.dialogue):
             self.history.append(self.dialogue[next_index])
         else:
             self.done = True

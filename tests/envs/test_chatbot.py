@@ -61,6 +61,9 @@ def test_conversation_rules() -> None:
     assert neutral.respond("there you are", user) is Verdict.NEUTRAL and neutral.done
     with pytest.raises(RuntimeError):
         neutral.respond("again", user)
+    unanswered = Conversation(DIALOGUE[:5], max_turns=3)  # ends with a user line the corpus never answers
+    unanswered.respond("Hello there", user)
+    assert unanswered.respond("I am fine thanks", user) is Verdict.SATISFIED and unanswered.done
 
 
 def test_batch_face() -> None:
