@@ -3,9 +3,11 @@
 from lmpo.core.advantages import (
     apply_baseline,
     discounted_returns,
+    episode_starts,
     estimate_advantages,
     gae,
     leave_one_out_baseline,
+    linked_returns,
     reverse_scan,
 )
 from lmpo.core.kl import (
@@ -23,12 +25,14 @@ __all__ = [
     "Rollout",
     "apply_baseline",
     "discounted_returns",
+    "episode_starts",
     "estimate_advantages",
     "explained_variance",
     "gae",
     "kl_estimate",
     "kl_penalized_rewards",
     "leave_one_out_baseline",
+    "linked_returns",
     "masked_mean",
     "masked_sum",
     "masked_var",

@@ -51,6 +51,36 @@ def discounted_returns(
     return reverse_scan(mask * (rewards + gamma * dones * boot), mask * gamma * (1.0 - dones))
 
 
+def episode_starts(episode_ids: Tensor) -> Tensor:
+    """``(B,)`` index of the first row of each row's episode (an episode's rows are consecutive)."""
+    index = torch.arange(episode_ids.shape[0], device=episode_ids.device)
+    new = torch.ones_like(episode_ids, dtype=torch.bool)
+    new[1:] = episode_ids[1:] != episode_ids[:-1]
+    return torch.cummax(torch.where(new, index, 0), 0).values
+
+
+def linked_returns(
+    rewards: Tensor, dones: Tensor, gamma: float, mask: Tensor, next_values: Tensor | None, episode_ids: Tensor
+) -> Tensor:
+    """Monte-Carlo returns of episodes spanning several rows: a row's last step bootstraps from the return
+    of its episode's next row (a conversation's later replies), the episode's last row from ``next_values``.
+
+    Every row must end with ``done`` on its last real step. One pass per row of the longest episode.
+    """
+    b = rewards.shape[0]
+    linked = torch.zeros(b, dtype=torch.bool, device=rewards.device)
+    linked[:-1] = episode_ids[1:] == episode_ids[:-1]
+    rows = torch.nonzero(linked).flatten()
+    last = (mask.sum(1).long() - 1).clamp_min(0)[rows]
+    boot = torch.zeros_like(rewards) if next_values is None else next_values.clone()
+    ret = discounted_returns(rewards, dones, gamma, mask, boot)
+    depth = int(torch.unique(episode_ids, return_counts=True)[1].max()) if b else 1
+    for _ in range(depth - 1):
+        boot[rows, last] = ret[rows + 1, 0]
+        ret = discounted_returns(rewards, dones, gamma, mask, boot)
+    return ret
+
+
 def gae(
     rewards: Tensor,
     values: Tensor,
@@ -86,12 +116,14 @@ def leave_one_out_baseline(scores: Tensor, group_ids: Tensor) -> Tensor:
 
 def apply_baseline(
     returns: Tensor, mask: Tensor, baseline: Baseline, values: Tensor | None = None,
-    group_ids: Tensor | None = None,
+    group_ids: Tensor | None = None, episode_ids: Tensor | None = None,
 ) -> Tensor:
     """Advantages ``returns - b`` for one of the baselines: none, batch mean, leave-one-out, learned value.
 
-    The batch mean is over every real step. Leave-one-out works on each row's return from its first step
-    (one episode or response per row) and subtracts the same number from every step of the row.
+    The batch mean is over every real step. Leave-one-out compares episodes' returns from their first step
+    with the other episodes of their group and subtracts the same number from every step of a row; a later
+    row of a multi-row episode has that baseline lowered by what its episode earned before the row (which
+    depends only on the past, so the estimate stays unbiased).
     """
     if baseline == "none":
         return returns * mask
@@ -104,7 +136,14 @@ def apply_baseline(
     if baseline == "loo":
         if group_ids is None:
             raise ValueError("baseline 'loo' needs group_ids (k samples per prompt or start state)")
-        b = leave_one_out_baseline(returns[:, 0], group_ids)  # (B,)
+        if episode_ids is None:  # one episode per row
+            b = leave_one_out_baseline(returns[:, 0], group_ids)  # (B,)
+            return (returns - b.unsqueeze(1)) * mask
+        start = episode_starts(episode_ids)
+        first = start == torch.arange(len(start), device=start.device)
+        per_episode = torch.zeros_like(returns[:, 0])
+        per_episode[first] = leave_one_out_baseline(returns[first, 0], group_ids[first])
+        b = per_episode[start] - (returns[start, 0] - returns[:, 0])
         return (returns - b.unsqueeze(1)) * mask
     raise ValueError(f"unknown baseline {baseline!r}")
 
@@ -124,8 +163,11 @@ def estimate_advantages(
             raise ValueError("GAE needs values and next_values in the rollout")
         adv, ret = gae(rollout.rewards, rollout.values, rollout.next_values, rollout.dones, m, gamma, gae_lambda)
     elif estimator == "returns":
-        ret = discounted_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values)
-        adv = apply_baseline(ret, m, baseline, rollout.values, rollout.group_ids)
+        if rollout.episode_ids is None:
+            ret = discounted_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values)
+        else:
+            ret = linked_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values, rollout.episode_ids)
+        adv = apply_baseline(ret, m, baseline, rollout.values, rollout.group_ids, rollout.episode_ids)
     else:
         raise ValueError(f"unknown advantage estimator {estimator!r}")
     if whiten:

@@ -2,7 +2,8 @@
 
 For classic control a row is one environment's stream of ``T`` steps (several episodes may follow each
 other in a row, separated by ``dones``) or one whole episode; for a language model a row is one response
-and ``T`` runs over its tokens. Every algorithm reads this and nothing else.
+and ``T`` runs over its tokens, and a multi-turn conversation is several consecutive rows of one episode
+(``episode_ids``). Every algorithm reads this and nothing else.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ class Rollout:
     values: Tensor | None = None  # (B, T) V(s_t) at collection time
     next_values: Tensor | None = None  # (B, T) V(s_t+1); 0 after termination, V(final obs) after truncation
     group_ids: Tensor | None = None  # (B,) rows with the same id answer the same prompt (leave-one-out)
+    episode_ids: Tensor | None = None  # (B,) rows with the same id, consecutive and in order, are one episode
     advantages: Tensor | None = None  # (B, T) filled by ``estimate_advantages``
     returns: Tensor | None = None  # (B, T) regression targets for the value function
 
@@ -66,4 +68,4 @@ class Rollout:
                 raise ValueError("flatten() needs every per-step field to be (B, T, ...)")
             return t.reshape(-1, *t.shape[2:])[keep].unsqueeze(1)
 
-        return dataclasses.replace(self, group_ids=None)._map(flat)
+        return dataclasses.replace(self, group_ids=None, episode_ids=None)._map(flat)

@@ -47,7 +47,7 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
     values = torch.zeros(b, cfg.max_new_tokens, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     with policy._no_dropout():
-        logits, hidden, cache = policy.body(ids, mask)
+        logits, hidden, cache = policy.body(ids, mask, last=True)
         for t in range(cfg.max_new_tokens):
             logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.eos_id)  # (B, V)
             if cfg.greedy:
@@ -70,18 +70,19 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
                 logits, hidden, cache = policy.body(step_ids, mask, cache)
             else:
                 ids = torch.cat([ids, step_ids], dim=1)
-                logits, hidden, _ = policy.body(ids, mask)
+                logits, hidden, _ = policy.body(ids, mask, last=True)
     reply_mask = (tokens != policy.pad_id).float()
     return Generation(tokens, reply_mask, logprobs * reply_mask, values * reply_mask)
 
 
 def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Tensor | None = None,
-               bootstrap: Tensor | None = None) -> Rollout:
+               bootstrap: Tensor | None = None, episode_ids: Tensor | None = None) -> Rollout:
     """A ``Rollout`` of one reply per row: the reward ``(B,)`` on the reply's last token, which ends it.
 
     Inside a reply ``V(s_t+1)`` is the next token's value; after the last token the recursion is cut and
     bootstraps from ``bootstrap (B,)``: 0 when the episode ended (the default), the value of the next
-    reply's first state when the conversation goes on.
+    reply's first state when the conversation goes on (``episode_ids`` link a conversation's replies, so
+    Monte-Carlo returns run on through them instead).
     """
     mask = gen.mask
     last = (mask.sum(1).long() - 1).clamp_min(0)  # (B,) index of each reply's last token
@@ -95,4 +96,5 @@ def to_rollout(prompts: Tensor, gen: Generation, rewards: Tensor, group_ids: Ten
         next_values[rows, last] = bootstrap.to(next_values.dtype)
     next_values = next_values * mask
     return Rollout(obs=prompts, actions=gen.tokens, logprobs=gen.logprobs, rewards=per_token, mask=mask,
-                   dones=dones, values=gen.values, next_values=next_values, group_ids=group_ids)
+                   dones=dones, values=gen.values, next_values=next_values, group_ids=group_ids,
+                   episode_ids=episode_ids)

@@ -90,8 +90,8 @@ class ChatbotCollector:
         return rollout, stats
 
     def _pack(self, pad_id: int, rows: list[dict], turns: list[int]) -> Rollout:
-        """Pad the replies into one rollout; a reply the conversation continues after bootstraps from the
-        next reply's first value, the conversation's last reply from 0."""
+        """Pad the replies into one rollout, a conversation's replies one episode; a reply the conversation
+        continues after bootstraps (for GAE) from the next reply's first value, the last reply from 0."""
         values = pad_sequence([r["values"] for r in rows], batch_first=True)
         actions = pad_sequence([r["tokens"] for r in rows], batch_first=True, padding_value=pad_id)
         logprobs = pad_sequence([r["logprobs"] for r in rows], batch_first=True)
@@ -101,6 +101,6 @@ class ChatbotCollector:
         for n in turns:
             boot[start:start + n - 1] = values[start + 1:start + n, 0]
             start += n
-        groups = torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns)) // self.k
+        episodes = torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns))
         return to_rollout(left_pad([r["prompt"] for r in rows], pad_id), gen, torch.tensor([r["reward"] for r in rows]),
-                          groups, bootstrap=boot)
+                          episodes // self.k, bootstrap=boot, episode_ids=episodes)

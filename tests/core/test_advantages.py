@@ -10,6 +10,7 @@ from lmpo.core import (
     estimate_advantages,
     gae,
     leave_one_out_baseline,
+    linked_returns,
 )
 
 
@@ -168,3 +169,37 @@ def test_estimate_advantages_whitens_over_real_steps() -> None:
     assert abs(float(real.mean())) < 1e-5
     assert abs(float(real.std()) - 1.0) < 1e-4
     assert (ro.advantages[mask == 0] == 0).all()
+
+
+def _rows(rewards: list[list[float]]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Right-padded rows of rewards, each ending (done) on its last real step."""
+    width = max(map(len, rewards))
+    r, mask, dones = (torch.zeros(len(rewards), width) for _ in range(3))
+    for i, row in enumerate(rewards):
+        r[i, : len(row)] = torch.tensor(row)
+        mask[i, : len(row)] = 1.0
+        dones[i, len(row) - 1] = 1.0
+    return r, mask, dones
+
+
+def test_linked_returns_equal_the_returns_of_the_joined_episode() -> None:
+    # episode 0 is three rows (a conversation of three replies), episode 1 one row
+    rows = [[0.0, 1.0], [0.0, 0.0, 2.0], [0.5, 3.0], [5.0]]
+    r, mask, dones = _rows(rows)
+    g = linked_returns(r, dones, 0.9, mask, None, torch.tensor([0, 0, 0, 1]))
+    joined = torch.tensor([sum(rows[:3], [])])
+    g_joined = discounted_returns(joined, torch.zeros_like(joined), 0.9, torch.ones_like(joined))[0]
+    assert torch.allclose(torch.cat([g[0, :2], g[1, :3], g[2, :2]]), g_joined)
+    assert torch.allclose(g[3, 0], torch.tensor(5.0))
+
+
+def test_leave_one_out_over_multi_row_episodes() -> None:
+    # group 0: episode A (two rows, rewards 1 then 2) and episode B (one row, reward 0.5); gamma 1
+    r, mask, dones = _rows([[0.0, 1.0], [2.0], [0.5]])
+    episodes, groups = torch.tensor([0, 0, 1]), torch.tensor([0, 0, 0])
+    ro = Rollout(obs=None, actions=r, logprobs=r, rewards=r, mask=mask, dones=dones, group_ids=groups,
+                 episode_ids=episodes)
+    adv = estimate_advantages(ro, "returns", 1.0, baseline="loo").advantages
+    # A's returns: [3, 3] then [2]; B's: [0.5]. A's baseline is B's 0.5; its second row's baseline is
+    # lowered by the 1 A earned before it; B's baseline is A's 3.
+    assert torch.allclose(adv, torch.tensor([[2.5, 2.5], [2.5, 0.0], [-2.5, 0.0]]))

@@ -51,6 +51,12 @@ def test_packing_links_turns_and_shapes_rewards() -> None:
         assert torch.isclose(ro.next_values[row, last[row]], ro.values[row + 1, 0])
         assert ro.next_values[row + 1, last[row + 1]] == 0
     assert ro.group_ids is not None and ro.group_ids.tolist() == [0, 0, 0, 0, 1, 1, 1, 1]
+    assert ro.episode_ids is not None and ro.episode_ids.tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    # Monte-Carlo returns run on through a conversation: a first reply's return includes the second's
+    g = estimate_advantages(ro, "returns", 1.0, baseline="none").returns
+    assert g is not None
+    for row in range(0, 8, 2):
+        assert torch.isclose(g[row, 0], ro.rewards[row].sum() + ro.rewards[row + 1].sum(), atol=1e-5)
 
 
 def test_ppo_raises_satisfaction_above_the_pretrained_baseline() -> None:
