@@ -11,8 +11,9 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def allowed_keys(mask: Tensor, length: int) -> Tensor:
-    """``(B, L, total)``: which keys each of the last ``length`` queries may attend to.
+def attention_bias(mask: Tensor, length: int) -> Tensor:
+    """``(B, 1, L, total)`` additive mask for the last ``length`` queries: 0 where a query may attend, -inf
+    elsewhere (computed once per forward, shared by every layer and head).
 
     ``mask (B, total)`` marks real tokens. A query sees the real keys at or before it, and always itself
     (so a padding query has one key and no NaN; its output is never used).
@@ -20,20 +21,21 @@ def allowed_keys(mask: Tensor, length: int) -> Tensor:
     total = mask.shape[1]
     q_index = torch.arange(total - length, total, device=mask.device).unsqueeze(1)  # (L, 1)
     k_index = torch.arange(total, device=mask.device).unsqueeze(0)  # (1, total)
-    return ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
+    allowed = ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
+    bias = torch.zeros(allowed.shape, device=mask.device).masked_fill_(~allowed, float("-inf"))
+    return bias.unsqueeze(1)
 
 
-def attend(q: Tensor, k: Tensor, v: Tensor, allowed: Tensor, dropout: float) -> Tensor:
-    """Scaled dot-product attention ``(B, H, L, D)`` with ``allowed (B, L, total)``.
+def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Tensor:
+    """Scaled dot-product attention ``(B, H, L, D)`` with the additive ``bias`` of ``attention_bias``.
 
     With gradients on it is written out (TRPO differentiates it twice; fused CPU kernels cannot); without,
     it is ``F.scaled_dot_product_attention``.
     """
     if torch.is_grad_enabled():
-        att = (q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1])
-        att = att.masked_fill(~allowed.unsqueeze(1), float("-inf")).softmax(-1)
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1]) + bias).softmax(-1)
         return F.dropout(att, dropout, dropout > 0) @ v
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed.unsqueeze(1), dropout_p=dropout)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 
 class StaticKV:

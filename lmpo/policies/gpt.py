@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.attention import StaticKV, allowed_keys, attend
+from lmpo.policies.attention import StaticKV, attend, attention_bias
 
 
 @dataclass
@@ -71,13 +71,13 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``: ``mask (B, L_past + L)`` marks real tokens; positions count real tokens only."""
         (b, length), total = ids.shape, mask.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
-        allowed = allowed_keys(mask, length)  # (B, L, total)
+        allowed = attention_bias(mask, length)  # (B, 1, L, total)
         x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             head_dim = self.cfg.d_model // self.cfg.n_head
@@ -85,4 +85,4 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, i, total - length, cache)
         h = self.ln(x)
-        return F.linear(h, self.tok.weight), h, cache
+        return F.linear(h[:, -1:] if last else h, self.tok.weight), h, cache

@@ -6,13 +6,15 @@ Loads from a local directory or a hub id (``from_pretrained``); saves with ``sav
 
 from __future__ import annotations
 
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.attention import StaticKV, allowed_keys, attend
+from lmpo.policies.attention import StaticKV, attend, attention_bias
 from lmpo.policies.base import save_weights
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
@@ -31,7 +33,8 @@ class HFCausalLM(nn.Module):
 
     GPT-2-architecture models run through ``_gpt2_forward``: the model's own modules (embeddings, layer
     norms, projections, MLPs, head) with lmpo's attention and ``StaticKV`` cache — the same function of
-    the same parameters, about 1.5x faster to decode on CPU, and twice differentiable (TRPO).
+    the same parameters, about 1.5x faster to decode on CPU, and twice differentiable (TRPO). Its MLP
+    computes GPT-2's tanh GELU with PyTorch's fused kernel (equal to float rounding).
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -41,17 +44,21 @@ class HFCausalLM(nn.Module):
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
         self.hidden_size = int(config.hidden_size)
         self.native = _native_gpt2(model)
+        # GPT-2's "gelu_new" is the tanh GELU written as seven elementwise ops; PyTorch's kernel is one
+        tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
+        self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``."""
         if self.native:
-            return self._gpt2_forward(ids, mask, cache)
+            return self._gpt2_forward(ids, mask, cache, last)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
-                         use_cache=True, output_hidden_states=True)
+                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": 1} if last else {}))
         return out.logits.float(), out.hidden_states[-1], out.past_key_values
 
-    def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None) -> tuple[Tensor, Tensor, Any]:
+    def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None,
+                      last: bool) -> tuple[Tensor, Tensor, Any]:
         model: Any = self.model
         tr = model.transformer
         b, length = ids.shape
@@ -60,7 +67,7 @@ class HFCausalLM(nn.Module):
         heads = int(model.config.n_head)
         head_dim = self.hidden_size // heads
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
-        allowed = allowed_keys(mask, length)
+        allowed = attention_bias(mask, length)  # (B, 1, L, total)
         x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
@@ -73,9 +80,10 @@ class HFCausalLM(nn.Module):
             y = attend(q, k, v, allowed, drop.p if drop.training else 0.0)  # (B, H, L, D)
             y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
             x = x + block.attn.resid_dropout(block.attn.c_proj(y))
-            x = x + block.mlp(block.ln_2(x))
+            mlp = block.mlp
+            x = x + mlp.dropout(mlp.c_proj((self._gelu or mlp.act)(mlp.c_fc(block.ln_2(x)))))
         h = tr.ln_f(x)
-        return model.lm_head(h).float(), h, cache
+        return model.lm_head(h[:, -1:] if last else h).float(), h, cache
 
 
 def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,

@@ -24,9 +24,10 @@ class LMBody(Protocol):
     hidden_size: int
     vocab_size: int
 
-    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None) -> tuple[Tensor, Tensor, Any]:
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
         """``ids (B, L)`` new tokens, ``mask (B, L_past + L)`` real tokens (contiguous, left and right
-        padding allowed); returns ``logits (B, L, V)``, ``hidden (B, L, H)`` and the cache to continue."""
+        padding allowed); returns ``logits (B, L, V)`` (``(B, 1, V)`` of the last position when ``last``:
+        decoding needs no more), ``hidden (B, L, H)`` and the cache to continue."""
         ...
 
 

@@ -50,13 +50,16 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
     x = logits.float()
     if cfg.temperature not in (0.0, 1.0):
         x = x / cfg.temperature
-    # bans as an additive (V,) bias, not a (..., V) mask: pad always, eos before min_new_tokens
+    # bans as an additive (V,) bias, not a (..., V) mask: pad always, eos before min_new_tokens (one bias
+    # when decoding, where the step is a number; a per-position choice when scoring a whole reply)
     vocab = x.shape[-1]
     bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
     bias[pad_id] = float("-inf")
+    if isinstance(step, int) and step < cfg.min_new_tokens:
+        bias[eos_id] = float("-inf")
     x = x + bias
-    if cfg.min_new_tokens > 0:
-        early = torch.as_tensor(step, device=x.device) < cfg.min_new_tokens  # (...) or scalar
+    if isinstance(step, Tensor):
+        early = step < cfg.min_new_tokens  # (...)
         if bool(early.any()):
             eos_bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
             eos_bias[eos_id] = float("-inf")
@@ -89,14 +92,18 @@ def sample_categorical(logp: Tensor) -> Tensor:
     """One token per row of ``logp (B, V)`` by inverse CDF: one uniform per row, not one per token.
 
     (Gumbel-max and ``torch.multinomial`` draw an exponential per vocabulary entry: 25x slower at
-    B=64, V=4096.) ``right=True`` never picks a zero-probability token, even for a uniform of exactly 0.
+    B=64, V=4096.) ``right=True`` never picks a zero-probability token, even for a uniform of exactly 0;
+    the rare row whose uniform rounds up to the total takes its last possible token.
     """
     p = logp.exp()
     cdf = p.cumsum(-1)  # (B, V)
     u = torch.rand(p.shape[0], 1, device=p.device, dtype=cdf.dtype) * cdf[:, -1:]
-    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1)
-    last_positive = p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1)  # guards u rounding up to the total
-    return torch.minimum(idx, last_positive)
+    idx = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(p.shape[-1] - 1)
+    bad = p.gather(-1, idx.unsqueeze(-1)).squeeze(-1) == 0  # (B,) only if u reached the total
+    if bool(bad.any()):
+        rows = p[bad]
+        idx[bad] = rows.shape[-1] - 1 - (rows > 0).flip(-1).int().argmax(-1)
+    return idx
 
 
 def entropy_of(logp: Tensor) -> Tensor:

@@ -30,6 +30,22 @@ def tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.fixture(scope="module")
+def tiny_llama_dir(tiny_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Llama (rotary positions, no native path) with the same tokenizer."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tok = AutoTokenizer.from_pretrained(tiny_dir)
+    torch.manual_seed(0)
+    cfg = LlamaConfig(vocab_size=len(tok), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=128,
+                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    LlamaForCausalLM(cfg).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 def _prompts(tok) -> torch.Tensor:
     rows = [encode_prompt(tok, [Turn("user", text)]) for text in ("Hello", "What is AI?", "How are you doing?")]
     width = max(map(len, rows))
@@ -39,8 +55,10 @@ def _prompts(tok) -> torch.Tensor:
 SAMPLING = SamplingConfig(temperature=0.9, top_k=50, top_p=0.95, epsilon=0.02, min_new_tokens=1, max_new_tokens=8)
 
 
-def test_logprobs_and_cache(tiny_dir: Path) -> None:
-    pol, tok = load_hf_policy(tiny_dir, SAMPLING)
+@pytest.mark.parametrize("arch", ["gpt2", "llama"])
+def test_logprobs_and_cache(arch: str, tiny_dir: Path, tiny_llama_dir: Path) -> None:
+    pol, tok = load_hf_policy(tiny_dir if arch == "gpt2" else tiny_llama_dir, SAMPLING)
+    assert pol.body.native == (arch == "gpt2")
     prompts = _prompts(tok)
     gen = generate(pol, prompts)
     ev = pol.evaluate(prompts, gen.tokens)

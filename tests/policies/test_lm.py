@@ -144,3 +144,12 @@ def test_inverse_cdf_sampler_matches_probabilities_and_skips_zeros() -> None:
     freq = torch.bincount(draws, minlength=12).float() / len(draws)
     assert freq[[0, 5, 11]].sum() == 0
     assert torch.allclose(freq, logp[0].exp(), atol=0.006)
+
+
+def test_inverse_cdf_sampler_uniform_at_the_total_takes_the_last_possible_token(monkeypatch) -> None:
+    from lmpo.policies.sampling import sample_categorical
+
+    logits = torch.zeros(3, 6)
+    logits[:, 4:] = float("-inf")  # the last two tokens are impossible
+    monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.ones(*shape, **kw))  # u == the cdf's total
+    assert sample_categorical(torch.log_softmax(logits, -1)).tolist() == [3, 3, 3]
