@@ -33,8 +33,13 @@ class Reinforce:
         lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         ev = policy.evaluate(rollout.obs, rollout.actions)
         pg_loss = -masked_mean(ev.log_probs * rollout.advantages, m)
-        entropy = masked_mean(ev.entropy, m)
-        loss = pg_loss - cfg.ent_coef * entropy
+        loss = pg_loss
+        if cfg.ent_coef:
+            entropy = masked_mean(ev.entropy, m)
+            loss = loss - cfg.ent_coef * entropy
+        else:  # reported only: no graph through a (B, T, V) entropy nobody differentiates
+            with torch.no_grad():
+                entropy = masked_mean(ev.entropy, m)
         metrics: dict[str, Any] = {}
         if self.use_value:
             assert ev.values is not None
@@ -42,15 +47,8 @@ class Reinforce:
             loss = loss + cfg.vf_coef * v_loss
             metrics["losses/value"] = v_loss.detach()
         grad_norm = self.optimizer.step(loss, cfg.max_grad_norm)
-        with torch.no_grad():
-            # how far the step moved the policy on this batch (k3 estimator, Schulman 2020)
-            new = policy.evaluate(rollout.obs, rollout.actions).log_probs
-            log_ratio = new - rollout.logprobs
-            approx_kl = masked_mean(log_ratio.exp() - 1 - log_ratio, m)
-        metrics.update({
-            "losses/policy": pg_loss.detach(), "losses/entropy": entropy.detach(), "charts/approx_kl": approx_kl,
-            "charts/grad_norm": grad_norm, "charts/lr": lr,
-        })
+        metrics.update({"losses/policy": pg_loss.detach(), "losses/entropy": entropy.detach(),
+                        "charts/grad_norm": grad_norm, "charts/lr": lr})
         return {k: float(v) for k, v in metrics.items()}
 
     def state_dict(self) -> dict[str, Any]:

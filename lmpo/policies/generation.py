@@ -47,7 +47,7 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
     values = torch.zeros(b, cfg.max_new_tokens, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     with policy._no_dropout():
-        logits, hidden, cache = policy.body(ids, mask, last=True)
+        logits, hidden, cache = policy.body(ids, mask, keep=1)
         for t in range(cfg.max_new_tokens):
             logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.eos_id)  # (B, V)
             if cfg.greedy:
@@ -70,7 +70,7 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
                 logits, hidden, cache = policy.body(step_ids, mask, cache)
             else:
                 ids = torch.cat([ids, step_ids], dim=1)
-                logits, hidden, _ = policy.body(ids, mask, last=True)
+                logits, hidden, _ = policy.body(ids, mask, keep=1)
     reply_mask = (tokens != policy.pad_id).float()
     return Generation(tokens, reply_mask, logprobs * reply_mask, values * reply_mask)
 

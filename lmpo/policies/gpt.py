@@ -71,7 +71,7 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``: ``mask (B, L_past + L)`` marks real tokens; positions count real tokens only."""
         (b, length), total = ids.shape, mask.shape[1]
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
@@ -85,4 +85,4 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, allowed, i, total - length, cache)
         h = self.ln(x)
-        return F.linear(h[:, -1:] if last else h, self.tok.weight), h, cache
+        return F.linear(h[:, -keep:] if keep else h, self.tok.weight), h, cache

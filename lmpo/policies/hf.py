@@ -48,17 +48,17 @@ class HFCausalLM(nn.Module):
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``."""
         if self.native:
-            return self._gpt2_forward(ids, mask, cache, last)
+            return self._gpt2_forward(ids, mask, cache, keep)
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
-                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": 1} if last else {}))
+                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": keep} if keep else {}))
         return out.logits.float(), out.hidden_states[-1], out.past_key_values
 
     def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None,
-                      last: bool) -> tuple[Tensor, Tensor, Any]:
+                      keep: int) -> tuple[Tensor, Tensor, Any]:
         model: Any = self.model
         tr = model.transformer
         b, length = ids.shape
@@ -83,7 +83,7 @@ class HFCausalLM(nn.Module):
             mlp = block.mlp
             x = x + mlp.dropout(mlp.c_proj((self._gelu or mlp.act)(mlp.c_fc(block.ln_2(x)))))
         h = tr.ln_f(x)
-        return model.lm_head(h[:, -1:] if last else h).float(), h, cache
+        return model.lm_head(h[:, -keep:] if keep else h).float(), h, cache
 
 
 def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,

@@ -24,10 +24,10 @@ class LMBody(Protocol):
     hidden_size: int
     vocab_size: int
 
-    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None, last: bool = False) -> tuple[Tensor, Tensor, Any]:
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
         """``ids (B, L)`` new tokens, ``mask (B, L_past + L)`` real tokens (contiguous, left and right
-        padding allowed); returns ``logits (B, L, V)`` (``(B, 1, V)`` of the last position when ``last``:
-        decoding needs no more), ``hidden (B, L, H)`` and the cache to continue."""
+        padding allowed); returns ``logits (B, L, V)`` (``(B, keep, V)`` of the last ``keep`` positions
+        when ``keep > 0``: decoding needs one, scoring a reply its own), ``hidden (B, L, H)`` and the cache."""
         ...
 
 
@@ -61,10 +61,10 @@ class LMPolicy(nn.Module):
         p, t = prompts.shape[1], replies.shape[1]
         ids = torch.cat([prompts, replies], dim=1)  # (B, P + T)
         mask = ids != self.pad_id
-        with self._no_dropout():
-            logits, hidden, _ = self.body(ids, mask)
+        with self._no_dropout():  # the prompt's logits are never needed: only the last T + 1 positions'
+            logits, hidden, _ = self.body(ids, mask, keep=t + 1)
         # position P - 1 + t predicts reply token t
-        logits, hidden = logits[:, p - 1: p + t - 1], hidden[:, p - 1: p + t - 1]
+        logits, hidden = logits[:, :-1], hidden[:, p - 1: p + t - 1]
         steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)
         logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.eos_id)
         values = self.value_head(hidden).squeeze(-1)
