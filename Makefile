@@ -1,10 +1,11 @@
 # Two commands from a fresh machine: `make demo` and `make test`.
 PYTHON ?= python3.11
 VENV := .venv
+TRL_VENV := .venv-trl
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench bench-lm bench-rl clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -28,5 +29,19 @@ bench: $(STAMP)
 	$(PY) -m pip install -q -e '.[bench]'
 	$(PY) bench/classic.py --seeds 10
 
+bench-lm: $(STAMP)
+	$(PY) bench/lm.py --repeats 7
+
+# TRL lives in its own environment: a benchmark peer, never a dependency of lmpo (its PPO trainer was
+# last shipped in trl 1.12.0). Same torch and transformers as lmpo's environment.
+$(TRL_VENV)/.installed:
+	test -x $(TRL_VENV)/bin/python || $(PYTHON) -m venv $(TRL_VENV)
+	$(TRL_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(TRL_VENV)/bin/python -m pip install -q trl==1.12.0 transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)') requests
+	touch $@
+
+bench-rl: $(STAMP) $(TRL_VENV)/.installed
+	$(PY) bench/rl.py --trl-python $(TRL_VENV)/bin/python
+
 clean:
-	rm -rf $(VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,281 @@
+"""RL throughput: lmpo against TRL on the same policy, reward model and batches, on CPU.
+
+The work: a 4-layer, 256-wide GPT-2 policy (random weights, fixed seed, built here: no download); a
+1-layer GPT-2 reward model whose attention is uniform (zero query and key projections) and amplified, so
+that its score at a completion's last token is close to the mean of a per-token value over prompt and
+completion (a reward every token moves, which a policy can climb within 30 steps); prompts from
+chatterbot-corpus; 64 completions of 32 new tokens per step (16 prompts x 4, temperature 1); a k1 KL
+penalty of weight 0.02 to the frozen initial policy; Adam at a constant lr 5e-4, gradient norm clipped
+at 1; 30 steps. Pairs:
+
+- lmpo REINFORCE with the leave-one-out baseline vs TRL ``RLOOTrainer`` (one gradient step per batch);
+- lmpo PPO vs TRL's ``PPOTrainer`` (``trl.experimental.ppo``, last shipped in trl 1.12.0): 4 epochs of
+  one minibatch, clip 0.2, value clip 0.2, value weight 0.1, GAE(1, 0.95). TRL's PPO needs a separate
+  value model (a copy of the policy with a score head); lmpo's reads a value head off the policy's own
+  hidden states.
+
+Each trainer runs in its own fresh process, in turn, with 2 threads: lmpo in lmpo's environment, TRL in
+its own (``.venv-trl``, made by ``make bench-rl``; TRL is never a dependency of lmpo). A process reports
+completion tokens per second over its 30 steps, its peak resident memory (``ru_maxrss``: libraries,
+models and training together) and the mean reward of every step. TRL runs at its fastest fair CPU
+settings: fp32 (bf16 off), no gradient checkpointing, no vLLM, no logging integrations, no saving.
+
+    python bench/rl.py --trl-python .venv-trl/bin/python [--repeats 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STEPS, PROMPTS, PER_PROMPT, NEW = 30, 16, 4, 32
+LR, KL, THREADS, PPO_EPOCHS = 5e-4, 0.02, 2, 4
+WORKERS = {"rloo": ("lmpo-reinforce-loo", "trl-rloo"), "ppo": ("lmpo-ppo", "trl-ppo")}
+
+
+# ------------------------------------------------------------------------------ shared by every side
+def rm_scores(rm: Any, prompt_ids: list[list[int]], completion_ids: list[list[int]], pad: int) -> torch.Tensor:
+    """The reward: the reward model's score at the last token of prompt + completion (as TRL's PPO reads it)."""
+    rows = [list(p) + list(c) for p, c in zip(prompt_ids, completion_ids, strict=True)]
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), pad, dtype=torch.long)
+    for i, r in enumerate(rows):  # left-padded: every row ends at the last column
+        ids[i, width - len(r):] = torch.tensor(r)
+    mask = ids != pad
+    positions = (mask.long().cumsum(1) - 1).clamp_min(0)
+    with torch.no_grad():
+        h = rm.transformer(input_ids=ids.masked_fill(~mask, 0), attention_mask=mask.long(),
+                           position_ids=positions).last_hidden_state
+        return rm.score(h[:, -1]).squeeze(-1).float()
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_assets(assets: Path) -> tuple[Any, Any, list[str]]:
+    """The policy's tokenizer (left padding), the reward model and the prompts."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(assets / "policy")
+    tok.padding_side = "left"
+    rm = AutoModelForSequenceClassification.from_pretrained(assets / "reward").eval()
+    return tok, rm, json.loads((assets / "prompts.json").read_text())
+
+
+# ------------------------------------------------------------------------------------ lmpo workers
+def run_lmpo(algo: str, assets: Path, steps: int) -> dict[str, Any]:
+    """lmpo's library API, the loop its trainer runs: generate, score, shape with KL, advantages, update."""
+    import copy
+
+    import numpy as np
+
+    from lmpo.algorithms import PPO, Reinforce
+    from lmpo.config import AdvantageConfig, PPOConfig, ReinforceConfig
+    from lmpo.core import estimate_advantages, kl_penalized_rewards
+    from lmpo.policies import SamplingConfig, generate
+    from lmpo.policies.generation import to_rollout
+    from lmpo.policies.hf import load_hf_policy
+    from lmpo.train.text import left_pad
+
+    tok, rm, prompts = load_assets(assets)
+    sampling = SamplingConfig(temperature=1.0, min_new_tokens=NEW, max_new_tokens=NEW)
+    policy, _ = load_hf_policy(assets / "policy", sampling)
+    reference = copy.deepcopy(policy).eval().requires_grad_(False)
+    if algo == "reinforce":
+        adv = AdvantageConfig(estimator="returns", gamma=1.0, baseline="loo", whiten=False)
+        algorithm: Any = Reinforce(ReinforceConfig(lr=LR, adam_eps=1e-8, max_grad_norm=1.0, advantage=adv), policy)
+    else:
+        adv = AdvantageConfig(estimator="gae", gamma=1.0, gae_lambda=0.95, whiten=True)
+        algorithm = PPO(PPOConfig(lr=LR, adam_eps=1e-8, max_grad_norm=1.0, epochs=PPO_EPOCHS,
+                                  batch_size=PROMPTS * PER_PROMPT, clip_range=0.2, clip_range_vf=0.2, vf_coef=0.1,
+                                  advantage=adv), policy)
+    prompt_ids = tok(text=prompts)["input_ids"]
+    rng = np.random.default_rng(0)
+    rewards, tokens = [], 0
+    start = time.perf_counter()
+    for step in range(steps):
+        chosen = [prompt_ids[i] for i in rng.choice(len(prompt_ids), PROMPTS, replace=False) for _ in range(PER_PROMPT)]
+        obs = left_pad(chosen, policy.pad_id)
+        gen = generate(policy, obs)
+        completions = [row[m > 0].tolist() for row, m in zip(gen.tokens, gen.mask, strict=True)]
+        scores = rm_scores(rm, chosen, completions, policy.pad_id)
+        groups = torch.arange(len(chosen)) // PER_PROMPT
+        rollout = to_rollout(obs, gen, scores, groups)
+        ref = reference.evaluate(obs, gen.tokens).log_probs
+        rollout.rewards = kl_penalized_rewards(rollout.rewards, rollout.logprobs, ref, rollout.mask, KL, "k1")
+        a = algorithm.cfg.advantage
+        rollout = estimate_advantages(rollout, a.estimator, a.gamma, a.gae_lambda, a.baseline, a.whiten)
+        algorithm.update(policy, rollout, step / steps)
+        rewards.append(float(scores.mean()))
+        tokens += int(gen.mask.sum())
+    seconds = time.perf_counter() - start
+    return {"rewards": rewards, "tokens": tokens, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
+
+
+# ------------------------------------------------------------------------------------- TRL workers
+def _trl_common(out_dir: str) -> dict[str, Any]:
+    """TrainingArguments shared by TRL's trainers: CPU, fp32, constant lr, no logging integrations or saving."""
+    return {"output_dir": out_dir, "learning_rate": LR, "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
+            "bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True, "seed": 0,
+            "report_to": "none", "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
+            "dataloader_num_workers": 0, "per_device_train_batch_size": PROMPTS * PER_PROMPT,
+            "gradient_accumulation_steps": 1}
+
+
+def run_trl(algo: str, assets: Path, steps: int) -> dict[str, Any]:
+    """TRL's own trainer on the same assets; step rewards and lengths come from its logs."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
+
+    tok, rm, prompts = load_assets(assets)
+    records: list[dict[str, float]] = []
+    clock: dict[str, float] = {}
+
+    class Record(TrainerCallback):  # type: ignore[misc]
+        def on_train_begin(self, *args: Any, **kwargs: Any) -> None:
+            clock["start"] = time.perf_counter()
+
+        def on_train_end(self, *args: Any, **kwargs: Any) -> None:
+            clock["end"] = time.perf_counter()
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kw: Any) -> None:
+            records.append(dict(logs or {}))
+
+    policy = AutoModelForCausalLM.from_pretrained(assets / "policy")
+    with tempfile.TemporaryDirectory() as out:
+        if algo == "rloo":
+            from trl import RLOOConfig, RLOOTrainer
+
+            def reward(prompts: list[str], completion_ids: list[list[int]], **kw: Any) -> list[float]:
+                return rm_scores(rm, tok(text=prompts)["input_ids"], completion_ids, tok.pad_token_id).tolist()
+
+            args = RLOOConfig(**_trl_common(out), max_steps=steps, num_generations=PER_PROMPT,
+                              max_completion_length=NEW, generation_kwargs={"min_new_tokens": NEW}, temperature=1.0,
+                              top_p=1.0, top_k=0, beta=KL, num_iterations=1, use_vllm=False, log_completions=False)
+            trainer: Any = RLOOTrainer(model=policy, reward_funcs=reward, args=args, processing_class=tok,
+                                       train_dataset=Dataset.from_dict({"prompt": prompts}), callbacks=[Record()])
+            trainer.train()
+            rewards = [x["reward"] for x in records if "reward" in x]
+            lengths = [x["completions/mean_length"] for x in records if "completions/mean_length" in x]
+            tokens = int(round(sum(lengths) * PROMPTS * PER_PROMPT))
+        else:
+            from trl.experimental.ppo import PPOConfig, PPOTrainer
+
+            ref = AutoModelForCausalLM.from_pretrained(assets / "policy")
+            value = AutoModelForSequenceClassification.from_pretrained(assets / "policy", num_labels=1)
+            ids = tok(text=prompts)["input_ids"]
+            args = PPOConfig(**_trl_common(out), total_episodes=steps * PROMPTS * PER_PROMPT, num_mini_batches=1,
+                             local_rollout_forward_batch_size=PROMPTS * PER_PROMPT, num_ppo_epochs=PPO_EPOCHS,
+                             response_length=NEW, temperature=1.0, kl_coef=KL, kl_estimator="k1", cliprange=0.2,
+                             cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, num_sample_generations=0,
+                             stop_token=None, missing_eos_penalty=None)
+            trainer = PPOTrainer(args=args, processing_class=tok, model=policy, ref_model=ref, reward_model=rm,
+                                 value_model=value, train_dataset=Dataset.from_dict({"input_ids": ids}),
+                                 callbacks=[Record()])
+            trainer.train()
+            rewards = [x["objective/scores"] for x in records if "objective/scores" in x]
+            eos = sum(x["val/num_eos_tokens"] for x in records if "val/num_eos_tokens" in x)
+            tokens = steps * PROMPTS * PER_PROMPT * NEW - int(eos)  # responses are NEW tokens; an <eos> would end one
+    if len(rewards) != steps:
+        raise RuntimeError(f"TRL logged {len(rewards)} steps, expected {steps}")
+    return {"rewards": rewards, "tokens": tokens, "seconds": clock["end"] - clock["start"],
+            "peak_rss_mb": peak_rss_mb()}
+
+
+# ----------------------------------------------------------------------------------------- driver
+def build_assets(assets: Path) -> None:
+    """Tokenizer, policy (with its generation settings), reward model and prompts, saved for every worker."""
+    from transformers import GPT2Config, GPT2ForSequenceClassification, GPT2LMHeadModel
+
+    from lmpo.data import dialogue_texts, load_chatterbot, train_tokenizer
+
+    dialogues = list(dict.fromkeys(load_chatterbot()))
+    tok = train_tokenizer(dialogue_texts(dialogues), vocab_size=4096)
+    pad, eos = tok.pad_token_id, tok.eos_token_id
+    torch.manual_seed(0)
+    sizes = {"vocab_size": len(tok), "n_positions": 128, "n_embd": 256, "n_head": 4, "pad_token_id": pad,
+             "eos_token_id": eos, "bos_token_id": tok.bos_token_id}
+    policy = GPT2LMHeadModel(GPT2Config(n_layer=4, **sizes))
+    policy.generation_config.min_new_tokens = NEW  # every side bans <eos> for the 32 tokens: equal lengths
+    policy.generation_config.pad_token_id = pad
+    policy.save_pretrained(assets / "policy")
+    tok.save_pretrained(assets / "policy")
+    torch.manual_seed(1)
+    rm = GPT2ForSequenceClassification(GPT2Config(n_layer=1, num_labels=1, **sizes))
+    with torch.no_grad():  # uniform attention (zero queries and keys), amplified: the mean of per-token values
+        width = sizes["n_embd"]
+        attn = rm.transformer.h[0].attn
+        attn.c_attn.weight[:, : 2 * width] = 0.0
+        attn.c_attn.bias[: 2 * width] = 0.0
+        attn.c_proj.weight.mul_(20.0)
+    rm.save_pretrained(assets / "reward")
+    prompts = list(dict.fromkeys(d[0].content for d in dialogues if len(tok(d[0].content)["input_ids"]) <= 16))
+    (assets / "prompts.json").write_text(json.dumps(prompts))
+
+
+def spawn(python: str, worker: str, assets: Path, steps: int) -> dict[str, Any]:
+    """One worker in a fresh process; its result is the last line it prints."""
+    cmd = [python, __file__, "--worker", worker, "--assets", str(assets), "--steps", str(steps)]
+    out = subprocess.run(cmd, capture_output=True, text=True)
+    if out.returncode != 0:
+        raise RuntimeError(f"{worker} failed:\n{out.stderr[-4000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--trl-python", default=".venv-trl/bin/python", help="Python of the environment with trl")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of every worker (medians are reported)")
+    parser.add_argument("--only", choices=sorted(WORKERS), help="one pair")
+    parser.add_argument("--steps", type=int, default=STEPS, help="RL steps per run")
+    parser.add_argument("--worker", help=argparse.SUPPRESS)
+    parser.add_argument("--assets", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    torch.set_num_threads(THREADS)
+    if args.worker:
+        side, _, algo = args.worker.partition("-")
+        run = run_lmpo if side == "lmpo" else run_trl
+        print(json.dumps(run(algo.replace("-loo", ""), args.assets, args.steps)))
+        return
+    if not Path(args.trl_python).exists():
+        sys.exit(f"{args.trl_python} not found: `make bench-rl` creates the TRL environment")
+    pairs = [args.only] if args.only else list(WORKERS)
+    with tempfile.TemporaryDirectory() as tmp:
+        assets = Path(tmp)
+        build_assets(assets)
+        results: dict[str, list[dict[str, Any]]] = {}
+        for _ in range(args.repeats):  # in turn, so both sides see the same machine state
+            for pair in pairs:
+                for worker in WORKERS[pair]:
+                    python = sys.executable if worker.startswith("lmpo") else args.trl_python
+                    results.setdefault(worker, []).append(spawn(python, worker, assets, args.steps))
+    print(f"GPT-2 4x256 policy, 1-layer reward model; {PROMPTS} prompts x {PER_PROMPT} completions of {NEW} tokens "
+          f"per step, {args.steps} steps, {THREADS} threads; median of {args.repeats}")
+    print(f"  {'trainer':20s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'reward first 5 -> last 5':>26s}")
+    med: dict[str, dict[str, float]] = {}
+    for worker, runs in results.items():
+        tps = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+        rss = statistics.median(r["peak_rss_mb"] for r in runs)
+        first = statistics.median(statistics.mean(r["rewards"][:5]) for r in runs)
+        last = statistics.median(statistics.mean(r["rewards"][-5:]) for r in runs)
+        med[worker] = {"tps": tps, "rss": rss}
+        print(f"  {worker:20s} {tps:9.0f} {rss:12.0f} {first:12.3f} -> {last:9.3f}")
+    for ours, theirs in (WORKERS[p] for p in pairs):
+        print(f"  {ours} / {theirs}: tokens/s x{med[ours]['tps'] / med[theirs]['tps']:.2f}, "
+              f"peak memory x{med[ours]['rss'] / med[theirs]['rss']:.2f}")
+
+
+if __name__ == "__main__":
+    main()
