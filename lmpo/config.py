@@ -152,6 +152,10 @@ class TRPOConfig(AlgoBase):
     max_kl: float = Field(0.01, gt=0, description="Trust region: mean KL(pi_old || pi) per update.")
     cg_iters: int = Field(15, ge=1, description="Conjugate-gradient iterations.")
     cg_damping: float = Field(0.1, ge=0, description="Damping added to the Fisher-vector product.")
+    fvp_fraction: float = Field(
+        1.0, gt=0, le=1, description="Share of the rollout's rows the Fisher-vector products use (0.1-0.2 is "
+        "common for large batches: conjugate gradient's cost shrinks with it)."
+    )
     backtrack_iters: int = Field(10, ge=1, description="Line-search steps before giving up.")
     backtrack_coef: float = Field(0.8, gt=0, lt=1, description="Step shrink factor per line-search step.")
     vf_iters: int = Field(20, ge=1, description="Epochs of value-function regression per update.")

@@ -2,7 +2,7 @@
 
 1. ``g`` = gradient of the importance-weighted surrogate ``L = E[pi(a|s) / pi_old(a|s) * A]``.
 2. Solve ``F x = g`` by conjugate gradient, with Fisher-vector products ``F v`` computed by double
-   backprop through the analytic mean KL (plus damping).
+   backprop through the analytic mean KL (plus damping), optionally on a random share of the rows.
 3. Scale ``x`` so that the quadratic model of the KL equals ``max_kl``: ``beta = sqrt(2 max_kl / x^T F x)``.
 4. Backtracking line search: shrink the step until the surrogate improves and the true KL <= max_kl;
    if no step qualifies, keep the old parameters.
@@ -82,7 +82,13 @@ class TRPO:
         # here, but its Hessian is the Fisher matrix)
         surr, kl = surrogate_and_kl(ev)
         g = flat_grad(surr, self.actor, retain_graph=True)
-        # step 2. Fisher-vector products: F v = d/dtheta (grad KL . v), + damping v
+        # step 2. Fisher-vector products: F v = d/dtheta (grad KL . v), + damping v; on a random share of
+        # the rows when fvp_fraction < 1 (the Fisher matrix is an average over states: a subsample estimates it)
+        if cfg.fvp_fraction < 1.0:
+            n = max(1, round(cfg.fvp_fraction * rollout.batch_size))
+            rows = torch.randperm(rollout.batch_size, device=m.device)[:n]
+            sub = rollout.select(rows)
+            kl = masked_mean(policy.kl(old_dist[rows], policy.evaluate(sub.obs, sub.actions).dist), sub.mask)
         grad_kl = flat_grad(kl, self.actor, create_graph=True)
 
         def fvp(v: Tensor) -> Tensor:

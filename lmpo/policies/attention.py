@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
-def attention_bias(mask: Tensor, length: int) -> Tensor:
+def attention_bias(mask: Tensor, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(B, 1, L, total)`` additive mask for the last ``length`` queries: 0 where a query may attend, -inf
     elsewhere (computed once per forward, shared by every layer and head).
 
@@ -22,7 +22,7 @@ def attention_bias(mask: Tensor, length: int) -> Tensor:
     q_index = torch.arange(total - length, total, device=mask.device).unsqueeze(1)  # (L, 1)
     k_index = torch.arange(total, device=mask.device).unsqueeze(0)  # (1, total)
     allowed = ((k_index <= q_index).unsqueeze(0) & mask.bool().unsqueeze(1)) | (k_index == q_index).unsqueeze(0)
-    bias = torch.zeros(allowed.shape, device=mask.device).masked_fill_(~allowed, float("-inf"))
+    bias = torch.zeros(allowed.shape, device=mask.device, dtype=dtype).masked_fill_(~allowed, float("-inf"))
     return bias.unsqueeze(1)
 
 

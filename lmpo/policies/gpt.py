@@ -37,13 +37,13 @@ class Block(nn.Module):
         c = cfg.d_model
         self.mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
 
-    def forward(self, x: Tensor, allowed: Tensor, layer: int, past: int, cache: StaticKV | None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, layer: int, past: int, cache: StaticKV | None) -> Tensor:
         b, length, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (t.view(b, length, self.n_head, c // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
         if cache is not None:
             k, v = cache.write(layer, past, k, v)  # (B, H, past + L, D)
-        y = attend(q, k, v, allowed, self.dropout if self.training else 0.0)  # (B, H, L, D)
+        y = attend(q, k, v, bias, self.dropout if self.training else 0.0)  # (B, H, L, D)
         x = x + F.dropout(self.out(y.transpose(1, 2).reshape(b, length, c)), self.dropout, self.training)
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
@@ -77,12 +77,12 @@ class GPT(nn.Module):
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
-        allowed = attention_bias(mask, length)  # (B, 1, L, total)
         x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)
+        bias = attention_bias(mask, length, x.dtype)  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             head_dim = self.cfg.d_model // self.cfg.n_head
             cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)
         for i, block in enumerate(self.blocks):
-            x = block(x, allowed, i, total - length, cache)
+            x = block(x, bias, i, total - length, cache)
         h = self.ln(x)
         return F.linear(h[:, -keep:] if keep else h, self.tok.weight), h, cache

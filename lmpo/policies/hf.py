@@ -67,8 +67,8 @@ class HFCausalLM(nn.Module):
         heads = int(model.config.n_head)
         head_dim = self.hidden_size // heads
         positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
-        allowed = attention_bias(mask, length)  # (B, 1, L, total)
         x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
+        bias = attention_bias(mask, length, x.dtype)  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
         for i, block in enumerate(tr.h):
@@ -77,7 +77,7 @@ class HFCausalLM(nn.Module):
             if cache is not None:
                 k, v = cache.write(i, past, k, v)  # (B, H, total, D)
             drop = block.attn.attn_dropout
-            y = attend(q, k, v, allowed, drop.p if drop.training else 0.0)  # (B, H, L, D)
+            y = attend(q, k, v, bias, drop.p if drop.training else 0.0)  # (B, H, L, D)
             y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
             x = x + block.attn.resid_dropout(block.attn.c_proj(y))
             mlp = block.mlp

@@ -25,6 +25,12 @@ ROWS = [
 ]
 
 
+def _cell(fmt: str, value: float) -> str:
+    """The formatted value, without the sign of an estimate that rounds to zero ("-0.0000")."""
+    text = fmt.format(value)
+    return text[1:] if text.startswith("-") and float(text) == 0 else text
+
+
 def print_eval_table(columns: dict[str, dict[str, float]], title: str = "evaluation") -> None:
     """One row per metric, one column per evaluation (e.g. before / after RL)."""
     table = Table(title=title)
@@ -32,7 +38,7 @@ def print_eval_table(columns: dict[str, dict[str, float]], title: str = "evaluat
     for name in columns:
         table.add_column(name, justify="right")
     for label, key, fmt in ROWS:
-        table.add_row(label, *(fmt.format(c[key]) if key in c else "-" for c in columns.values()))
+        table.add_row(label, *(_cell(fmt, c[key]) if key in c else "-" for c in columns.values()))
     Console().print(table)
 
 

@@ -153,3 +153,12 @@ def test_inverse_cdf_sampler_uniform_at_the_total_takes_the_last_possible_token(
     logits[:, 4:] = float("-inf")  # the last two tokens are impossible
     monkeypatch.setattr(torch, "rand", lambda *shape, **kw: torch.ones(*shape, **kw))  # u == the cdf's total
     assert sample_categorical(torch.log_softmax(logits, -1)).tolist() == [3, 3, 3]
+
+
+def test_trpo_with_subsampled_fisher_products_stays_in_the_trust_region() -> None:
+    pol = _policy("gru", SamplingConfig(temperature=0.8, epsilon=0.05, min_new_tokens=2, max_new_tokens=10))
+    ro = estimate_advantages(_lm_rollout(pol, k=4), "gae", 1.0, 0.95, whiten=True)
+    before = [p.detach().clone() for p in pol.actor_parameters()]
+    metrics = TRPO(TRPOConfig(vf_iters=1, vf_batch_size=4, fvp_fraction=0.5), pol).update(pol, ro, 0.0)
+    assert metrics["trpo/accepted"] == 1.0 and 0 < metrics["trpo/kl"] <= 0.01 + 1e-6, metrics
+    assert any(not torch.equal(b, p) for b, p in zip(before, pol.actor_parameters()))
