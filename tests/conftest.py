@@ -36,3 +36,18 @@ def make_rollout(policy: MLPPolicy, b: int = 4, t: int = 6) -> Rollout:
                  next_values=None if values is None else torch.cat([values[:, 1:], torch.zeros(b, 1)], 1))
     est = "gae" if values is not None else "returns"
     return estimate_advantages(ro, est, 0.99, 0.95, "value" if values is not None else "mean", whiten=True)
+
+
+def gpt2_style_tokenizer(texts, vocab_size: int = 400):
+    """A byte-level BPE shaped like GPT-2's: one ``<|endoftext|>`` for bos and eos, no pad, no chat tokens
+    (a pretrained model's tokenizer, without the download)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<|endoftext|>"],
+                                                       initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                                       show_progress=False))
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")

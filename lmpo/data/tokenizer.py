@@ -6,7 +6,9 @@ The chat format (one documented layout used everywhere: pre-training, generation
 
 Every turn is its role token, its text, then ``<eos>``; a reply is generated after ``<|assistant|>`` and
 ends at ``<eos>``. The same layout is stored as the tokenizer's Jinja ``chat_template``, so
-``tokenizer.apply_chat_template(messages)`` produces exactly these ids.
+``tokenizer.apply_chat_template(messages)`` produces exactly these ids. ``<bos>``, ``<eos>`` and
+``<pad>`` stand for the tokenizer's own bos, eos and pad tokens: a pretrained model's tokenizer keeps
+its own (GPT-2's ``<|endoftext|>``) and gains only what it lacks (``add_chat_tokens``).
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedTokenizerFast
 
@@ -58,12 +61,41 @@ def dialogue_texts(dialogues: Iterable[Dialogue]) -> Iterable[str]:
             yield turn.content
 
 
+def add_chat_tokens(tok: PreTrainedTokenizerBase) -> list[str]:
+    """Give any tokenizer what the chat format needs and return the tokens added (resize the model's
+    embeddings to ``len(tok)`` after: existing rows are untouched).
+
+    The role tokens; a pad token distinct from eos (a pad equal to eos would mask every reply's closing
+    ``<eos>`` out of training, so the model would never learn to stop); a bos and eos where it has none.
+    """
+    before = set(tok.get_vocab())
+    special: dict[str, Any] = {}
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        special["pad_token"] = PAD
+    if tok.eos_token is None:
+        special["eos_token"] = EOS
+    if tok.bos_token is None:
+        special["bos_token"] = BOS
+    tok.add_special_tokens(special)
+    tok.add_tokens([t for t in ROLE_TOKENS.values() if t not in before], special_tokens=True)
+    tok.chat_template = CHAT_TEMPLATE
+    return [t for t in tok.get_vocab() if t not in before]
+
+
+def check_chat_tokenizer(tok: PreTrainedTokenizerBase, name: str = "tokenizer") -> None:
+    """Raise ``ValueError`` unless ``tok`` has the role tokens and distinct pad, bos and eos tokens."""
+    missing = [t for t in ROLE_TOKENS.values() if t not in tok.get_vocab()]
+    missing += [f"{k} token" for k in ("pad", "bos", "eos") if getattr(tok, f"{k}_token") is None]
+    if missing:
+        raise ValueError(f"{name} lacks the chat format's tokens {missing} (lmpo.data.add_chat_tokens adds them)")
+    if tok.pad_token_id == tok.eos_token_id:
+        raise ValueError(f"{name}'s pad token is its eos token: replies would lose their closing eos")
+
+
 def load_tokenizer(name_or_path: str | Path) -> PreTrainedTokenizerBase:
     """``AutoTokenizer.from_pretrained`` of a local directory (or hub id), checked for the chat format."""
     tok = AutoTokenizer.from_pretrained(str(name_or_path))
-    missing = [t for t in SPECIAL_TOKENS if t not in tok.get_vocab()]
-    if missing:
-        raise ValueError(f"tokenizer {name_or_path} lacks lmpo's special tokens {missing}")
+    check_chat_tokenizer(tok, f"tokenizer {name_or_path}")
     return tok
 
 
@@ -80,7 +112,8 @@ def _content_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
 
 
 def token_id(tok: PreTrainedTokenizerBase, token: str) -> int:
-    """The id of one special token."""
+    """The id of one token (``<bos>``, ``<eos>`` and ``<pad>`` mean the tokenizer's own bos, eos and pad)."""
+    token = {BOS: tok.bos_token, EOS: tok.eos_token, PAD: tok.pad_token}.get(token) or token
     i = tok.convert_tokens_to_ids(token)
     if not isinstance(i, int):
         raise ValueError(f"{token!r} is not a single token of this tokenizer")

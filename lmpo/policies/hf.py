@@ -86,26 +86,39 @@ class HFCausalLM(nn.Module):
         return model.lm_head(h[:, -keep:] if keep else h).float(), h, cache
 
 
+def load_hf_body(name_or_path: str | Path, vocab_size: int | None = None, **kwargs: Any) -> HFCausalLM:
+    """``AutoModelForCausalLM.from_pretrained`` as an lmpo body; embeddings resized to ``vocab_size`` when the
+    tokenizer gained tokens (the pretrained rows stay as they are)."""
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
+    if vocab_size is not None and vocab_size != model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
+        model.resize_token_embeddings(vocab_size)
+    return HFCausalLM(model)
+
+
 def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = None,
                    attn_implementation: str | None = None, dtype: torch.dtype | None = None
                    ) -> tuple[LMPolicy, Any]:
     """``(policy, tokenizer)`` from a local directory or hub id.
 
     ``attn_implementation="eager"`` is needed for TRPO (its Fisher products differentiate attention
-    twice, which fused kernels do not support). A tokenizer without a pad token gets its EOS as pad.
+    twice, which fused kernels do not support). A tokenizer without a pad token, or whose pad is its eos,
+    gets a ``<pad>`` token of its own (and the model an embedding row for it): a pad equal to eos would
+    mask every reply's closing eos out of training.
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
 
     kwargs: dict[str, Any] = {}
     if attn_implementation is not None:
         kwargs["attn_implementation"] = attn_implementation
     if dtype is not None:
         kwargs["dtype"] = dtype
-    model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    policy = LMPolicy(HFCausalLM(model), int(tokenizer.pad_token_id), int(tokenizer.eos_token_id), sampling)
+    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
+        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    body = load_hf_body(name_or_path, len(tokenizer), **kwargs)
+    policy = LMPolicy(body, int(tokenizer.pad_token_id), int(tokenizer.eos_token_id), sampling)
     return policy, tokenizer
 
 

@@ -14,6 +14,7 @@ from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
 from lmpo.data import (
     Dialogue,
     Turn,
+    add_chat_tokens,
     decode_reply,
     dialogue_texts,
     encode_dialogue,
@@ -24,7 +25,6 @@ from lmpo.data import (
     split_dialogues,
     train_tokenizer,
 )
-from lmpo.data.tokenizer import EOS, PAD, token_id
 from lmpo.envs.chatbot import ChatbotBatch
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import load_weights, save_weights
@@ -63,34 +63,36 @@ class ChatTask:
         self.steps = 0
 
     def _tokenizer(self) -> Any:
-        """A given tokenizer, the run's own (resume), or one trained here on the training conversations."""
+        """A given tokenizer, the run's own (resume), an hf model's own with the chat tokens added, or one
+        trained here on the training conversations."""
         saved = self.run_dir / "tokenizer"
         if self.t.tokenizer:
             return load_tokenizer(self.t.tokenizer)
         if saved.is_dir():
             return load_tokenizer(saved)
-        tok = train_tokenizer(dialogue_texts(self.train), self.t.vocab_size)
+        if self.cfg.policy.kind == "hf":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(self.cfg.policy.path))
+            add_chat_tokens(tok)
+        else:
+            tok = train_tokenizer(dialogue_texts(self.train), self.t.vocab_size)
         tok.save_pretrained(saved)
         return tok
 
     # ------------------------------------------------------------------------------------- policy
     def build_policy(self) -> LMPolicy:
         """The language model of ``cfg.policy`` over this task's tokenizer, with a value head."""
-        p, vocab = self.cfg.policy, len(self.tokenizer)
-        pad, eos = token_id(self.tokenizer, PAD), token_id(self.tokenizer, EOS)
+        p, tok = self.cfg.policy, self.tokenizer
         if p.kind in ("gru", "lstm"):
-            body: Any = RecurrentLM(vocab, p.kind, p.embed, p.hidden, dropout=p.dropout)
+            body: Any = RecurrentLM(len(tok), p.kind, p.embed, p.hidden, dropout=p.dropout)
         elif p.kind == "transformer":
-            body = GPT(GPTConfig(vocab, p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout))
+            body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout))
         else:
-            from transformers import AutoModelForCausalLM
+            from lmpo.policies.hf import load_hf_body
 
-            from lmpo.policies.hf import HFCausalLM
-
-            model = AutoModelForCausalLM.from_pretrained(str(p.path))
-            model.resize_token_embeddings(vocab)  # lmpo's tokenizer and chat tokens
-            body = HFCausalLM(model)
-        return LMPolicy(body, pad, eos, self.sampling)
+            body = load_hf_body(str(p.path), len(tok))
+        return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)
 
     def _encoded(self, dialogues: list[Dialogue]) -> list[Any]:
         return [encode_dialogue(self.tokenizer, d) for d in dialogues]

@@ -8,6 +8,8 @@ from transformers import AutoTokenizer
 from lmpo.data import (
     SPECIAL_TOKENS,
     Turn,
+    add_chat_tokens,
+    check_chat_tokenizer,
     dialogue_texts,
     encode_dialogue,
     encode_prompt,
@@ -15,6 +17,7 @@ from lmpo.data import (
     load_tokenizer,
     train_tokenizer,
 )
+from tests.conftest import gpt2_style_tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -83,3 +86,30 @@ def test_prompt_window_and_reply_decoding(saved: Path) -> None:
     assert encode_prompt(tok, history, 5) == full[-5:] and encode_prompt(tok, history, 10_000) == full
     reply = tok.encode(" Fine, thanks. ", add_special_tokens=False) + [tok.eos_token_id]
     assert decode_reply(tok, reply) == "Fine, thanks."
+
+
+def test_a_pretrained_tokenizer_gains_only_the_chat_tokens_it_lacks(tmp_path: Path) -> None:
+    tok = gpt2_style_tokenizer(dialogue_texts(load_chatterbot(["greetings"])))
+    n = len(tok)
+    with pytest.raises(ValueError, match="lacks"):
+        check_chat_tokenizer(tok)
+    added = add_chat_tokens(tok)
+    assert sorted(added) == ["<pad>", "<|assistant|>", "<|user|>"] and len(tok) == n + 3
+    assert tok.bos_token == tok.eos_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
+    check_chat_tokenizer(tok)
+    dialogue = [Turn("user", "Hi"), Turn("assistant", "Hello")]
+    ids = encode_dialogue(tok, dialogue).ids  # the format uses the tokenizer's own bos and eos
+    assert ids[0] == tok.bos_token_id and ids[-1] == tok.eos_token_id
+    templated = tok.apply_chat_template([{"role": t.role, "content": t.content} for t in dialogue])
+    assert list(templated["input_ids"] if hasattr(templated, "keys") else templated) == ids
+    assert add_chat_tokens(tok) == []  # idempotent
+    tok.save_pretrained(tmp_path)
+    assert load_tokenizer(tmp_path).pad_token == "<pad>"
+
+
+def test_a_pad_equal_to_eos_is_refused() -> None:
+    tok = gpt2_style_tokenizer(dialogue_texts(load_chatterbot(["greetings"])))
+    add_chat_tokens(tok)
+    tok.pad_token = tok.eos_token
+    with pytest.raises(ValueError, match="pad token is its eos"):
+        check_chat_tokenizer(tok)

@@ -104,3 +104,15 @@ def test_native_gpt2_forward_equals_transformers(tiny_dir: Path) -> None:
     real = mask.unsqueeze(-1)
     assert torch.allclose(ours * real, ref * real, atol=1e-5)
     assert torch.allclose(hidden * real, ref_hidden * real, atol=1e-5)
+
+
+def test_a_tokenizer_without_pad_gets_its_own(tmp_path: Path) -> None:
+    from tests.conftest import gpt2_style_tokenizer
+
+    tok = gpt2_style_tokenizer(dialogue_texts(load_chatterbot(["greetings"])))
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path)
+    tok.save_pretrained(tmp_path)
+    pol, loaded = load_hf_policy(tmp_path, SamplingConfig(max_new_tokens=6))
+    assert loaded.pad_token == "<pad>" and pol.pad_id != pol.eos_id  # a pad equal to eos would hide every eos
+    assert pol.body.vocab_size == len(tok) + 1 == len(loaded)

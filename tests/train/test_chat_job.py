@@ -59,3 +59,26 @@ def test_text_resume_is_exact(tmp_path: Path) -> None:
     resumed.train()
     for (k, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
         assert torch.equal(a, b), k
+
+
+def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmpo.data import dialogue_texts, load_chatterbot
+    from tests.conftest import gpt2_style_tokenizer
+
+    tok = gpt2_style_tokenizer(dialogue_texts(load_chatterbot(["greetings"])))
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=128, n_embd=32, n_layer=2, n_head=2,
+                                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id))
+    model.save_pretrained(tmp_path / "model")
+    tok.save_pretrained(tmp_path / "model")
+    trainer = Trainer(_cfg(tmp_path, "name=hf", "policy.kind=hf", f"policy.path={tmp_path / 'model'}",
+                           "text.pretrain.epochs=1", "train.total_steps=16"))
+    task_tok = trainer.task.tokenizer
+    assert task_tok.eos_token == "<|endoftext|>" and len(task_tok) == len(tok) + 3  # pad and two role tokens
+    assert trainer.policy.pad_id != trainer.policy.eos_id == tok.eos_token_id
+    original = model.get_input_embeddings().weight
+    fresh = trainer.task.build_policy().body.model.get_input_embeddings().weight
+    assert fresh.shape[0] == len(task_tok) and torch.equal(fresh[: len(tok)], original)
+    summary = trainer.train()
+    assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
