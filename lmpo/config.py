@@ -104,7 +104,9 @@ class TextConfig(Section):
     jsonl: str | None = Field(None, description="Your own dialogues (chat-messages JSONL) instead of the corpus.")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Conversations held out from training.")
     vocab_size: int = Field(2048, ge=262, description="BPE vocabulary size of a tokenizer trained here.")
-    tokenizer: str | None = Field(None, description="Directory of an existing tokenizer (None: train one).")
+    tokenizer: str | None = Field(
+        None, description="Directory of an existing chat tokenizer (None: an hf policy's own, or one trained here)."
+    )
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     kl: KLSection = Field(default_factory=KLSection)
@@ -311,3 +313,34 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded or {}
     return build_config(apply_overrides(data, overrides or []))
+
+
+def reference_markdown() -> str:
+    """``docs/configuration.md``: every section's keys, defaults and descriptions, from the models above."""
+
+    def table(model: type[Section], title: str, subsections: bool = False) -> list[str]:
+        rows = [f"## `{title}`", "", "| key | default | description |", "|---|---|---|"]
+        for key, f in model.model_fields.items():
+            if key == "name" or subsections and isinstance(f.annotation, type) and issubclass(f.annotation, Section):
+                continue  # the algorithm's name is in the title; a subsection has its own table
+            default = f.get_default(call_default_factory=True)
+            if isinstance(default, Section):
+                default = default.model_dump()
+            rows.append(f"| `{key}` | `{default}` | {(f.description or '').replace('|', chr(92) + '|')} |")
+        return [*rows, ""]
+
+    lines = ["# Configuration reference", "",
+             "Generated from the pydantic models in `lmpo/config.py` (the single place a setting is documented;",
+             "`tests/test_config.py` checks this file against them). Every section rejects unknown keys. Top level:",
+             "`name` (run directory name), `seed`, and the sections below.", ""]
+    for key, model in (("env", EnvConfig), ("policy", PolicyConfig), ("rollout", RolloutConfig),
+                       ("train", TrainConfig)):
+        lines += table(model, key)
+    for algo in (ReinforceConfig, TRPOConfig, PPOConfig):
+        lines += table(algo, f"algo (name: {algo.model_fields['name'].default})")
+    lines += table(AdvantageConfig, "algo.advantage")
+    lines += table(TextConfig, "text (lmpo/Chatbot-v0 only)", subsections=True)
+    for key, f in TextConfig.model_fields.items():
+        if isinstance(f.annotation, type) and issubclass(f.annotation, Section):
+            lines += table(f.annotation, f"text.{key}")
+    return "\n".join(lines)

@@ -54,3 +54,12 @@ def test_file_errors(tmp_path: Path) -> None:
     bad.write_text("- a list\n")
     with pytest.raises(ConfigError, match="mapping"):
         load_config(bad)
+
+
+def test_configuration_reference_is_up_to_date() -> None:
+    from lmpo.config import reference_markdown
+
+    doc = CONFIGS.parent / "docs" / "configuration.md"
+    assert doc.read_text() == reference_markdown(), (
+        "docs/configuration.md is stale: python -c 'from lmpo.config import reference_markdown as r; "
+        "open(\"docs/configuration.md\", \"w\").write(r())'")
