@@ -51,7 +51,7 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
     if cfg.temperature not in (0.0, 1.0):
         x = x / cfg.temperature
     # bans as an additive (V,) bias, not a (..., V) mask: pad always, eos before min_new_tokens (one bias
-    # when decoding, where the step is a number; a per-position choice when scoring a whole reply)
+    # when decoding, where the step is a number; the eos column per position when scoring a whole reply)
     vocab = x.shape[-1]
     bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
     bias[pad_id] = float("-inf")
@@ -60,10 +60,8 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
     x = x + bias
     if isinstance(step, Tensor):
         early = step < cfg.min_new_tokens  # (...)
-        if bool(early.any()):
-            eos_bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
-            eos_bias[eos_id] = float("-inf")
-            x = torch.where(early.unsqueeze(-1), x + eos_bias, x)
+        if bool(early.any()):  # one column written in place (x is this function's own tensor)
+            x[..., eos_id] = x[..., eos_id].masked_fill(early, float("-inf"))
     banned = torch.isneginf(x) if cfg.epsilon > 0 else None  # the tokens never emitted here (logits are finite)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
