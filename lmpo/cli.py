@@ -94,15 +94,15 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
 
 def _cmd_chat(args: argparse.Namespace) -> int:
     from lmpo.api import load
-    from lmpo.data import Turn, decode_reply, encode_prompt
-    from lmpo.policies import SamplingConfig, generate
-    from lmpo.train.text import left_pad
+    from lmpo.data import Turn
+    from lmpo.policies import SamplingConfig
+    from lmpo.train.text import generate_replies
 
     policy, tokenizer = load(args.run_dir)
     if tokenizer is None:
         raise ConfigError(f"{args.run_dir} is not a dialogue run")
-    policy.sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                                     max_new_tokens=args.max_new_tokens, min_new_tokens=1)
+    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                              max_new_tokens=args.max_new_tokens, min_new_tokens=1)
     print("Talk to the bot. /reset starts over, /quit (or end of input) leaves.")
     history: list[Turn] = []
     while True:
@@ -120,8 +120,7 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         if not line:
             continue
         history.append(Turn("user", line))
-        gen = generate(policy, left_pad([encode_prompt(tokenizer, history, args.max_context)], policy.pad_id))
-        reply = decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
+        _, _, (reply,) = generate_replies(policy, tokenizer, [history], args.max_context, sampling)
         history.append(Turn("assistant", reply))
         print(f"bot: {reply}")
 

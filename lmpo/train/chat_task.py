@@ -18,19 +18,18 @@ from lmpo.data import (
     decode_reply,
     dialogue_texts,
     encode_dialogue,
-    encode_prompt,
     load_chatterbot,
     load_jsonl,
     load_tokenizer,
     split_dialogues,
     train_tokenizer,
 )
-from lmpo.envs.chatbot import ChatbotBatch
+from lmpo.envs.chatbot import ChatbotBatch, Conversation
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import load_weights, save_weights
 from lmpo.rewards import SimulatedUser
 from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
-from lmpo.train.text import ChatbotCollector
+from lmpo.train.text import ChatbotCollector, generate_replies
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -140,34 +139,20 @@ class ChatTask:
         batch = ChatbotBatch(dialogues, self.user, self.t.user.max_turns)
         col = ChatbotCollector(batch, self.tokenizer, reference, FixedKLController(0.0), self.t.kl.estimator, 0, 1,
                                self.t.max_prompt_tokens)
-        saved = policy.sampling
-        policy.sampling = sampling or saved
-        try:
-            return col.collect(policy, indices=list(range(len(dialogues))))
-        finally:
-            policy.sampling = saved
+        return col.collect(policy, indices=list(range(len(dialogues))), settings=sampling)
 
     @torch.no_grad()
     def converse(self, policy: LMPolicy, dialogue: Dialogue, sampling: SamplingConfig
                  ) -> list[tuple[Turn, str | None]]:
         """Play one conversation; every turn with the user's verdict on bot turns."""
-        from lmpo.envs.chatbot import Conversation
-        from lmpo.policies.generation import generate
-        from lmpo.train.text import left_pad
-
         conv = Conversation(dialogue, self.t.user.max_turns)
         verdicts: list[str | None] = [None]
-        saved, policy.sampling = policy.sampling, sampling
-        try:
-            while not conv.done:
-                prompt = encode_prompt(self.tokenizer, conv.history, self.t.max_prompt_tokens)
-                gen = generate(policy, left_pad([prompt], policy.pad_id, self.device))
-                text = decode_reply(self.tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
-                verdicts.append(conv.respond(text, self.user).name.lower())
-                if not conv.done:
-                    verdicts.append(None)
-        finally:
-            policy.sampling = saved
+        while not conv.done:
+            _, _, (text,) = generate_replies(policy, self.tokenizer, [conv.history], self.t.max_prompt_tokens,
+                                             sampling, self.device)
+            verdicts.append(conv.respond(text, self.user).name.lower())
+            if not conv.done:
+                verdicts.append(None)
         return list(zip(conv.history, verdicts, strict=True))
 
     @torch.no_grad()

@@ -8,6 +8,7 @@ the last token of a reply bootstraps from the value of the next reply's first st
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -18,10 +19,12 @@ from transformers import PreTrainedTokenizerBase
 
 from lmpo.core import FixedKLController, Rollout, kl_estimate, kl_penalized_rewards
 from lmpo.core.kl import KLEstimator
+from lmpo.data.corpus import Turn
 from lmpo.data.tokenizer import decode_reply, encode_prompt
 from lmpo.envs.chatbot import ChatbotBatch
 from lmpo.policies.generation import Generation, generate, to_rollout
 from lmpo.policies.lm import LMPolicy
+from lmpo.policies.sampling import SamplingConfig
 
 
 def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> Tensor:
@@ -31,6 +34,18 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
     for i, r in enumerate(rows):
         out[i, width - len(r):] = torch.tensor(r)
     return out.to(device)
+
+
+@torch.no_grad()
+def generate_replies(policy: LMPolicy, tokenizer: PreTrainedTokenizerBase, histories: Sequence[Sequence[Turn]],
+                     max_prompt_tokens: int | None = None, settings: SamplingConfig | None = None,
+                     device: torch.device | str = "cpu") -> tuple[list[list[int]], Generation, list[str]]:
+    """The next bot reply to each dialogue history, in lmpo's chat format: the prompts' ids, the generation
+    (``settings`` or the policy's own) and the replies' texts."""
+    prompts = [encode_prompt(tokenizer, h, max_prompt_tokens) for h in histories]
+    gen = generate(policy, left_pad(prompts, policy.pad_id, device), settings)
+    texts = [decode_reply(tokenizer, gen.tokens[row, gen.mask[row] > 0].tolist()) for row in range(len(prompts))]
+    return prompts, gen, texts
 
 
 @dataclass
@@ -56,23 +71,23 @@ class ChatbotCollector:
         self.rng = np.random.default_rng(seed)
 
     @torch.no_grad()
-    def collect(self, policy: LMPolicy, indices: list[int] | None = None) -> tuple[Rollout, ChatStats]:
-        """Play the conversations to their end; rows are replies in conversation-then-turn order."""
+    def collect(self, policy: LMPolicy, indices: list[int] | None = None, settings: SamplingConfig | None = None
+                ) -> tuple[Rollout, ChatStats]:
+        """Play the conversations to their end, sampling with ``settings`` (default: the policy's own); rows
+        are replies in conversation-then-turn order."""
         if indices is None:
             indices = self.rng.integers(len(self.batch.dialogues), size=self.conversations).tolist()
         convs = self.batch.reset(len(indices) * self.k, indices=[i for i in indices for _ in range(self.k)])
         replies: dict[int, list[dict]] = {c: [] for c in range(len(convs))}
         while self.batch.active:
             active = self.batch.active
-            prompt_ids = [encode_prompt(self.tokenizer, convs[c].history, self.max_prompt_tokens) for c in active]
-            gen = generate(policy, left_pad(prompt_ids, policy.pad_id))
-            texts = {}
+            prompt_ids, gen, texts = generate_replies(policy, self.tokenizer, [convs[c].history for c in active],
+                                                      self.max_prompt_tokens, settings)
             for row, c in enumerate(active):
                 n = int(gen.mask[row].sum())
-                texts[c] = decode_reply(self.tokenizer, gen.tokens[row, :n].tolist())
                 replies[c].append({"prompt": prompt_ids[row], "tokens": gen.tokens[row, :n],
                                    "logprobs": gen.logprobs[row, :n], "values": gen.values[row, :n]})
-            for c, verdict in self.batch.step(texts).items():
+            for c, verdict in self.batch.step(dict(zip(active, texts, strict=True))).items():
                 replies[c][-1]["reward"] = float(verdict.value)
         rows = [r for c in range(len(convs)) for r in replies[c]]
         rollout = self._pack(policy.pad_id, rows, [len(replies[c]) for c in range(len(convs))])
