@@ -11,6 +11,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 
+def token_positions(mask: Tensor, length: int) -> Tensor:
+    """``(B, L)`` position of each of the last ``length`` tokens, counting real tokens only (``mask (B, total)``),
+    so a left-padded prompt starts at position 0; padding gets position 0."""
+    return (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]
+
+
 def attention_bias(mask: Tensor, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(B, 1, L, total)`` additive mask for the last ``length`` queries: 0 where a query may attend, -inf
     elsewhere (computed once per forward, shared by every layer and head).

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.attention import StaticKV, attend, attention_bias
+from lmpo.policies.attention import StaticKV, attend, attention_bias, token_positions
 
 
 @dataclass
@@ -74,7 +74,7 @@ class GPT(nn.Module):
     def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``: ``mask (B, L_past + L)`` marks real tokens; positions count real tokens only."""
         (b, length), total = ids.shape, mask.shape[1]
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
+        positions = token_positions(mask, length)  # (B, L)
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
         x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.attention import StaticKV, attend, attention_bias
+from lmpo.policies.attention import StaticKV, attend, attention_bias, token_positions
 from lmpo.policies.base import save_weights
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
@@ -52,7 +52,7 @@ class HFCausalLM(nn.Module):
         """See ``LMBody``."""
         if self.native:
             return self._gpt2_forward(ids, mask, cache, keep)
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+        positions = token_positions(mask, ids.shape[1])
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
                          use_cache=True, output_hidden_states=True, **({"logits_to_keep": keep} if keep else {}))
         return out.logits.float(), out.hidden_states[-1], out.past_key_values
@@ -66,7 +66,7 @@ class HFCausalLM(nn.Module):
         past = total - length
         heads = int(model.config.n_head)
         head_dim = self.hidden_size // heads
-        positions = (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]  # (B, L)
+        positions = token_positions(mask, length)  # (B, L)
         x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
         bias = attention_bias(mask, length, x.dtype)  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
