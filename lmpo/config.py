@@ -111,7 +111,7 @@ class TextConfig(Section):
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     kl: KLSection = Field(default_factory=KLSection)
     user: UserSection = Field(default_factory=UserSection)
-    conversations_per_update: int = Field(16, ge=1, description="Distinct opening lines per update.")
+    conversations_per_update: int = Field(16, ge=1, description="Opening lines drawn (with replacement) per update.")
     samples_per_prompt: int = Field(4, ge=1, description="Conversations played from each opening line.")
     max_prompt_tokens: int = Field(96, ge=8, description="Dialogue history kept in a prompt (the last tokens).")
     eval_conversations: int = Field(0, ge=0, description="Conversations per evaluation split (0: all).")
