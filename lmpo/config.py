@@ -96,7 +96,8 @@ class PretrainSection(Section):
     epochs: int = Field(8, ge=0, description="Supervised epochs before RL (0: none).")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
     batch_size: int = Field(32, ge=1, description="Dialogues per batch.")
-    max_len: int = Field(128, ge=8, description="Tokens kept per dialogue (the last ones).")
+    max_len: int = Field(128, ge=8, description="Longest training example; a longer dialogue gives one example "
+                         "per bot turn.")
 
 
 class TextConfig(Section):

@@ -32,19 +32,48 @@ class PretrainConfig:
     seed: int = 0
 
 
-def _batches(data: Sequence[EncodedDialogue], batch_size: int, max_len: int, pad_id: int,
+def training_windows(dialogue: EncodedDialogue, max_len: int) -> list[EncodedDialogue]:
+    """A dialogue that fits in ``max_len`` tokens is one example; a longer one gives one example per bot
+    turn, so that every reply is learnt from its own start after the line it answers (cutting a long
+    dialogue's first tokens would drop the request a long reply answers and that reply's opening).
+
+    Each such example trains only its turn: as much of the conversation before it as fits (at least
+    ``max_len // 4`` tokens of it), then the turn, its tail cut if the turn alone is too long.
+    """
+    if len(dialogue.ids) <= max_len:
+        return [dialogue]
+    out, mask, i = [], dialogue.loss_mask, 0
+    while i < len(mask):
+        if not mask[i]:
+            i += 1
+            continue
+        end = i
+        while end < len(mask) and mask[end]:
+            end += 1
+        context = min(i, max(max_len - (end - i), max_len // 4))
+        start = i - context
+        stop = min(end, start + max_len)
+        out.append(EncodedDialogue(dialogue.ids[start:stop], [0] * context + [1] * (stop - i)))
+        i = end
+    return out
+
+
+def _batches(data: Sequence[EncodedDialogue], batch_size: int, pad_id: int,
              order: Sequence[int]) -> Iterator[tuple[Tensor, Tensor]]:
-    """Right-padded ``ids (B, L)`` and ``loss_mask (B, L)``, truncated to the last ``max_len`` tokens."""
+    """Right-padded ``ids (B, L)`` and ``loss_mask (B, L)`` of the examples in ``order``."""
     for start in range(0, len(order), batch_size):
         rows = [data[i] for i in order[start:start + batch_size]]
-        width = min(max_len, max(len(r.ids) for r in rows))
+        width = max(len(r.ids) for r in rows)
         ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
         mask = torch.zeros(len(rows), width)
         for j, r in enumerate(rows):
-            n = min(width, len(r.ids))
-            ids[j, :n] = torch.tensor(r.ids[-n:])
-            mask[j, :n] = torch.tensor(r.loss_mask[-n:], dtype=torch.float)
+            ids[j, :len(r.ids)] = torch.tensor(r.ids)
+            mask[j, :len(r.ids)] = torch.tensor(r.loss_mask, dtype=torch.float)
         yield ids, mask
+
+
+def _windows(data: Sequence[EncodedDialogue], max_len: int) -> list[EncodedDialogue]:
+    return [w for d in data for w in training_windows(d, max_len)]
 
 
 def _nll(policy: LMPolicy, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
@@ -61,7 +90,8 @@ def perplexity(policy: LMPolicy, data: Sequence[EncodedDialogue], batch_size: in
     was = policy.training
     policy.eval()
     total, count = 0.0, 0.0
-    for ids, mask in _batches(data, batch_size, max_len, policy.pad_id, range(len(data))):
+    windows = _windows(data, max_len)
+    for ids, mask in _batches(windows, batch_size, policy.pad_id, range(len(windows))):
         nll, n = _nll(policy, ids, mask)
         total, count = total + float(nll), count + float(n)
     policy.train(was)
@@ -72,17 +102,18 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
              cfg: PretrainConfig, progress: bool = True) -> dict[str, float]:
     """AdamW on the body for ``cfg.epochs``; returns final train loss and train/held-out perplexity."""
     rng = np.random.default_rng(cfg.seed)
+    examples = _windows(train, cfg.max_len)
     params = policy.actor_parameters()
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     policy.train()
     loss = torch.zeros(())
     with TrainingProgress(cfg.epochs * steps_per_epoch, 0, enabled=progress, label="pretrain") as bar:
         done = 0
         for _ in range(cfg.epochs):
-            order = rng.permutation(len(train)).tolist()
-            for ids, mask in _batches(train, cfg.batch_size, cfg.max_len, policy.pad_id, order):
+            order = rng.permutation(len(examples)).tolist()
+            for ids, mask in _batches(examples, cfg.batch_size, policy.pad_id, order):
                 nll, n = _nll(policy, ids, mask)
                 loss = nll / n.clamp_min(1.0)
                 opt.zero_grad(set_to_none=True)

@@ -7,7 +7,7 @@ import torch
 from lmpo.data import dialogue_texts, encode_dialogue, load_chatterbot, split_dialogues, train_tokenizer
 from lmpo.data.tokenizer import EncodedDialogue
 from lmpo.policies import LMPolicy, RecurrentLM
-from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
+from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain, training_windows
 
 
 def test_pretraining_fits_the_bot_side() -> None:
@@ -34,3 +34,19 @@ def test_perplexity_ignores_user_tokens() -> None:
     c = EncodedDialogue([1, 3, 5, 6, 2, 4, 7, 2], [0, 0, 0, 0, 0, 0, 0, 0])
     assert perplexity(pol, [a]) != perplexity(pol, [b])  # the reply is conditioned on the user's words
     assert perplexity(pol, [c]) == 1.0  # nothing to predict: exp(0 / max(0, 1))
+
+
+def test_long_dialogues_train_every_reply_from_its_start() -> None:
+    # user 4 tokens, bot 10 (with its eos), user 3, bot 3: 21 tokens with <bos>
+    ids = [1, *range(10, 14), *range(20, 30), *range(40, 43), *range(50, 53)]
+    mask = [0] * 5 + [1] * 10 + [0] * 3 + [1] * 3
+    d = EncodedDialogue(ids, mask)
+    assert training_windows(d, 21) == [d]  # it fits: one example
+    first, second = training_windows(d, 12)
+    # the first reply keeps the line it answers (12 // 4 = 3 tokens of context, at least), its tail is cut
+    assert first.ids == [11, 12, 13, *range(20, 29)] and first.loss_mask == [0] * 3 + [1] * 9
+    # the second reply: as much of the conversation before it as fits, and only it is trained
+    assert second.ids == [*range(24, 30), 40, 41, 42, 50, 51, 52] and second.loss_mask == [0] * 9 + [1] * 3
+    # every trained token of the dialogue is trained exactly once, except the cut tail
+    trained = [t for w in training_windows(d, 12) for t, m in zip(w.ids, w.loss_mask) if m]
+    assert trained == [*range(20, 29), 50, 51, 52]
