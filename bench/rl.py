@@ -124,6 +124,42 @@ def run_lmpo(algo: str, assets: Path, steps: int) -> dict[str, Any]:
     return {"rewards": rewards, "tokens": tokens, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
+def run_floor(assets: Path) -> dict[str, float]:
+    """The arithmetic no trainer of this batch avoids, timed at its best on one batch: a forward pass over
+    prompts + completions (the least that sampling them costs, and what the reference's log-probs cost),
+    the reward model, and one forward + backward (a gradient step)."""
+    from lmpo.policies import SamplingConfig
+    from lmpo.policies.hf import load_hf_policy
+    from lmpo.train.text import left_pad
+
+    tok, rm, prompts = load_assets(assets)
+    policy, _ = load_hf_policy(assets / "policy", SamplingConfig(min_new_tokens=NEW, max_new_tokens=NEW))
+    chosen = [ids for ids in tok(text=prompts[:PROMPTS])["input_ids"] for _ in range(PER_PROMPT)]
+    obs = left_pad(chosen, policy.pad_id)
+    torch.manual_seed(0)
+    replies = torch.randint(0, len(tok), (len(chosen), NEW))
+    replies[replies == policy.pad_id] = policy.eos_id
+
+    def best(fn: Any, repeats: int = 7) -> float:
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - start)
+        return min(times)
+
+    def forward() -> None:
+        with torch.no_grad():
+            policy.evaluate(obs, replies)
+
+    def forward_backward() -> None:
+        policy.zero_grad(set_to_none=True)
+        policy.evaluate(obs, replies).log_probs.sum().backward()
+
+    return {"forward": best(forward), "forward_backward": best(forward_backward),
+            "reward_model": best(lambda: rm_scores(rm, chosen, replies.tolist(), policy.pad_id))}
+
+
 # ------------------------------------------------------------------------------------- TRL workers
 def _trl_common(out_dir: str) -> dict[str, Any]:
     """TrainingArguments shared by TRL's trainers: CPU, fp32, constant lr, no logging integrations or saving."""
@@ -246,6 +282,9 @@ def main() -> None:
     torch.set_num_threads(THREADS)
     if args.worker:
         side, _, algo = args.worker.partition("-")
+        if algo == "floor":
+            print(json.dumps(run_floor(args.assets)))
+            return
         run = run_lmpo if side == "lmpo" else run_trl
         print(json.dumps(run(algo.replace("-loo", ""), args.assets, args.steps)))
         return
@@ -261,6 +300,7 @@ def main() -> None:
                 for worker in WORKERS[pair]:
                     python = sys.executable if worker.startswith("lmpo") else args.trl_python
                     results.setdefault(worker, []).append(spawn(python, worker, assets, args.steps))
+        floor = spawn(sys.executable, "lmpo-floor", assets, args.steps)
     print(f"GPT-2 4x256 policy, 1-layer reward model; {PROMPTS} prompts x {PER_PROMPT} completions of {NEW} tokens "
           f"per step, {args.steps} steps, {THREADS} threads; median of {args.repeats}")
     print(f"  {'trainer':20s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'reward first 5 -> last 5':>26s}")
@@ -275,6 +315,16 @@ def main() -> None:
     for ours, theirs in (WORKERS[p] for p in pairs):
         print(f"  {ours} / {theirs}: tokens/s x{med[ours]['tps'] / med[theirs]['tps']:.2f}, "
               f"peak memory x{med[ours]['rss'] / med[theirs]['rss']:.2f}")
+    # the floor: sampling >= one forward, the reference one forward, the reward model, then the gradient
+    # steps (REINFORCE one, PPO one per epoch; sampling gives the old log-probs and values)
+    f, fb, r = floor["forward"], floor["forward_backward"], floor["reward_model"]
+    print(f"floor, one batch at its best: forward {f:.3f} s, forward+backward {fb:.3f} s, reward model {r:.3f} s")
+    for pair in pairs:
+        seconds = 2 * f + r + (1 if pair == "rloo" else PPO_EPOCHS) * fb
+        best_tps = PROMPTS * PER_PROMPT * NEW / seconds
+        theirs = WORKERS[pair][1]
+        print(f"  {pair}: the arithmetic alone takes {seconds:.2f} s a step: at most {best_tps:.0f} tokens/s, "
+              f"x{best_tps / med[theirs]['tps']:.2f} {theirs}")
 
 
 if __name__ == "__main__":

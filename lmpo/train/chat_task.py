@@ -172,8 +172,12 @@ class ChatTask:
                         f"eval/{split}_reply_tokens": stats.mean_reply_tokens})
         if self.heldout:
             out["eval/heldout_ppl"] = perplexity(policy, self._encoded(self.heldout), max_len=self.t.pretrain.max_len)
-        if self.reference is not None:  # KL of the policy's own sampled replies to the reference
-            _, stats = self._play(policy, self.train[:n] if n else self.train, None, self.reference)
+        if self.reference is not None:  # the policy's own sampled replies: what RL optimises, and their KL
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
+                torch.manual_seed(self.cfg.seed)
+                _, stats = self._play(policy, self.train[:n] if n else self.train, None, self.reference)
+            out["eval/train_sampled_satisfaction"] = stats.satisfaction
             out["eval/kl_ref"] = stats.mean_kl
         out["eval/mean_return"] = out["eval/train_reward"]
         return out

@@ -14,6 +14,7 @@ if TYPE_CHECKING:
 ROWS = [
     ("satisfaction (train)", "eval/train_satisfaction", "{:.3f}"),
     ("satisfaction (held-out)", "eval/heldout_satisfaction", "{:.3f}"),
+    ("satisfaction (train, sampled)", "eval/train_sampled_satisfaction", "{:.3f}"),
     ("mean reward (train)", "eval/train_reward", "{:.3f}"),
     ("mean reward (held-out)", "eval/heldout_reward", "{:.3f}"),
     ("mean turns (train)", "eval/train_turns", "{:.2f}"),

@@ -82,3 +82,13 @@ def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> Non
     assert fresh.shape[0] == len(task_tok) and torch.equal(fresh[: len(tok)], original)
     summary = trainer.train()
     assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
+
+
+def test_sampled_evaluation_is_repeatable_and_leaves_the_training_stream(tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(tmp_path, "name=ev", "text.eval_conversations=8"))
+    state = torch.get_rng_state()
+    first = trainer.task.evaluate(trainer.policy)
+    assert torch.equal(torch.get_rng_state(), state)  # evaluation draws from its own generator
+    second = trainer.task.evaluate(trainer.policy)
+    assert 0.0 <= first["eval/train_sampled_satisfaction"] <= 1.0
+    assert first == second  # the same draws: before / after RL differ only by the policy
