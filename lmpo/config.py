@@ -95,7 +95,7 @@ class UserSection(Section):
 class PretrainSection(Section):
     epochs: int = Field(8, ge=0, description="Supervised epochs before RL (0: none).")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
-    batch_size: int = Field(32, ge=1, description="Dialogues per batch.")
+    batch_size: int = Field(32, ge=1, description="Examples per batch (see max_len).")
     max_len: int = Field(128, ge=8, description="Longest training example; a longer dialogue gives one example "
                          "per bot turn.")
 

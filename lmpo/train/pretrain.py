@@ -73,6 +73,7 @@ def _batches(data: Sequence[EncodedDialogue], batch_size: int, pad_id: int,
 
 
 def _windows(data: Sequence[EncodedDialogue], max_len: int) -> list[EncodedDialogue]:
+    """Every dialogue's training examples, in order."""
     return [w for d in data for w in training_windows(d, max_len)]
 
 
