@@ -137,8 +137,7 @@ def apply_baseline(
         if group_ids is None:
             raise ValueError("baseline 'loo' needs group_ids (k samples per prompt or start state)")
         if episode_ids is None:  # one episode per row
-            b = leave_one_out_baseline(returns[:, 0], group_ids)  # (B,)
-            return (returns - b.unsqueeze(1)) * mask
+            episode_ids = torch.arange(returns.shape[0], device=returns.device)
         start = episode_starts(episode_ids)
         first = start == torch.arange(len(start), device=start.device)
         per_episode = torch.zeros_like(returns[:, 0])
