@@ -61,17 +61,22 @@ def dialogue_texts(dialogues: Iterable[Dialogue]) -> Iterable[str]:
             yield turn.content
 
 
+def add_pad_token(tok: PreTrainedTokenizerBase) -> None:
+    """Give ``tok`` a ``<pad>`` of its own when it has no pad or its pad is its eos: a pad equal to eos would
+    mask every reply's closing ``<eos>`` out of training, so the model would never learn to stop."""
+    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+        tok.add_special_tokens({"pad_token": PAD})
+
+
 def add_chat_tokens(tok: PreTrainedTokenizerBase) -> list[str]:
     """Give any tokenizer what the chat format needs and return the tokens added (resize the model's
     embeddings to ``len(tok)`` after: existing rows are untouched).
 
-    The role tokens; a pad token distinct from eos (a pad equal to eos would mask every reply's closing
-    ``<eos>`` out of training, so the model would never learn to stop); a bos and eos where it has none.
+    The role tokens; a pad token distinct from eos (``add_pad_token``); a bos and eos where it has none.
     """
     before = set(tok.get_vocab())
+    add_pad_token(tok)
     special: dict[str, Any] = {}
-    if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
-        special["pad_token"] = PAD
     if tok.eos_token is None:
         special["eos_token"] = EOS
     if tok.bos_token is None:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lmpo.data.tokenizer import add_pad_token
 from lmpo.policies.attention import StaticKV, attend, attention_bias, token_positions
 from lmpo.policies.base import save_weights
 from lmpo.policies.lm import LMPolicy
@@ -115,8 +116,7 @@ def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = N
     if dtype is not None:
         kwargs["dtype"] = dtype
     tokenizer = AutoTokenizer.from_pretrained(str(name_or_path))
-    if tokenizer.pad_token is None or tokenizer.pad_token_id == tokenizer.eos_token_id:
-        tokenizer.add_special_tokens({"pad_token": "<pad>"})
+    add_pad_token(tokenizer)
     body = load_hf_body(name_or_path, len(tokenizer), **kwargs)
     policy = LMPolicy(body, int(tokenizer.pad_token_id), int(tokenizer.eos_token_id), sampling)
     return policy, tokenizer
