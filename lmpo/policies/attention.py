@@ -17,6 +17,13 @@ def token_positions(mask: Tensor, length: int) -> Tensor:
     return (mask.long().cumsum(1) - 1).clamp_min(0)[:, -length:]
 
 
+def compute_dtype(x: Tensor) -> torch.dtype:
+    """The dtype ``x``'s matmuls produce: autocast's (e.g. bfloat16) when it is on for ``x``'s device, else
+    ``x``'s own; caches and masks are made in it, so autocast never converts them again at every layer."""
+    device = x.device.type
+    return torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+
+
 def attention_bias(mask: Tensor, length: int, dtype: torch.dtype = torch.float32) -> Tensor:
     """``(B, 1, L, total)`` additive mask for the last ``length`` queries: 0 where a query may attend, -inf
     elsewhere (computed once per forward, shared by every layer and head).
@@ -39,8 +46,8 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Ten
     it is ``F.scaled_dot_product_attention``.
     """
     if torch.is_grad_enabled():
-        att = ((q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1]) + bias).softmax(-1)
-        return F.dropout(att, dropout, dropout > 0) @ v
+        att = ((q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1]) + bias).softmax(-1, dtype=torch.float32)
+        return F.dropout(att.to(v.dtype), dropout, dropout > 0) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
 
 
@@ -50,7 +57,8 @@ class StaticKV:
 
     def __init__(self, layers: int, batch: int, heads: int, head_dim: int, capacity: int, like: Tensor) -> None:
         shape = (layers, batch, heads, capacity, head_dim)
-        self.k, self.v = like.new_empty(shape), like.new_empty(shape)
+        dtype = compute_dtype(like)
+        self.k, self.v = like.new_empty(shape, dtype=dtype), like.new_empty(shape, dtype=dtype)
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""

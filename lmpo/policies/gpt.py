@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.attention import StaticKV, attend, attention_bias, token_positions
+from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
 
 
 @dataclass
@@ -78,7 +78,7 @@ class GPT(nn.Module):
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
         x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)
-        bias = attention_bias(mask, length, x.dtype)  # (B, 1, L, total)
+        bias = attention_bias(mask, length, compute_dtype(x))  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             head_dim = self.cfg.d_model // self.cfg.n_head
             cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)

@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmpo.data.tokenizer import add_pad_token
-from lmpo.policies.attention import StaticKV, attend, attention_bias, token_positions
+from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
 from lmpo.policies.base import save_weights
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
@@ -69,7 +69,7 @@ class HFCausalLM(nn.Module):
         head_dim = self.hidden_size // heads
         positions = token_positions(mask, length)  # (B, L)
         x = tr.drop(tr.wte(ids) + tr.wpe(positions))  # (B, L, C)
-        bias = attention_bias(mask, length, x.dtype)  # (B, 1, L, total)
+        bias = attention_bias(mask, length, compute_dtype(x))  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
         for i, block in enumerate(tr.h):

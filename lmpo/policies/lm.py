@@ -59,15 +59,18 @@ class LMPolicy(nn.Module):
     def _score(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One teacher-forced pass; sampling log-probs ``(B, T, V)``, values ``(B, T)``, reply mask."""
         p, t = prompts.shape[1], replies.shape[1]
-        ids = torch.cat([prompts, replies], dim=1)  # (B, P + T)
+        if t == 0:
+            raise ValueError("no reply tokens to score")
+        # position P - 1 + i predicts reply token i, so the last reply token is never an input, and only the
+        # last T positions' logits are computed (no (B, T, V) slice for autograd to copy back)
+        ids = torch.cat([prompts, replies[:, :-1]], dim=1)  # (B, P + T - 1)
         mask = ids != self.pad_id
-        with self._no_dropout():  # the prompt's logits are never needed: only the last T + 1 positions'
-            logits, hidden, _ = self.body(ids, mask, keep=t + 1)
-        # position P - 1 + t predicts reply token t
-        logits, hidden = logits[:, :-1], hidden[:, p - 1: p + t - 1]
+        with self._no_dropout():
+            logits, hidden, _ = self.body(ids, mask, keep=t)
+        hidden = hidden[:, p - 1:]  # (B, T, H)
         steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)
         logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.eos_id)
-        values = self.value_head(hidden).squeeze(-1)
+        values = self.value_head(hidden).squeeze(-1).float()  # float32 under autocast too
         return logp, values, replies != self.pad_id
 
     # ---------------------------------------------------------------------- the Policy protocol

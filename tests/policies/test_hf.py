@@ -65,6 +65,10 @@ def test_logprobs_and_cache(arch: str, tiny_dir: Path, tiny_llama_dir: Path) -> 
     assert torch.allclose(ev.log_probs, gen.logprobs, atol=1e-5)
     greedy = SamplingConfig(temperature=0.0, max_new_tokens=10, min_new_tokens=0)
     assert torch.equal(generate(pol, prompts, greedy).tokens, generate(pol, prompts, greedy, use_cache=False).tokens)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # train.precision bf16: rounding moves log-probs, no more
+        half = pol.evaluate(prompts, gen.tokens).log_probs
+        decoded = generate(pol, prompts, greedy).logprobs
+    assert torch.allclose(half, ev.log_probs, rtol=0.03, atol=0.01) and bool(torch.isfinite(decoded).all())
 
 
 @pytest.mark.parametrize("algo", ["ppo", "trpo"])

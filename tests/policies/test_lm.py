@@ -162,3 +162,35 @@ def test_trpo_with_subsampled_fisher_products_stays_in_the_trust_region() -> Non
     metrics = TRPO(TRPOConfig(vf_iters=1, vf_batch_size=4, fvp_fraction=0.5), pol).update(pol, ro, 0.0)
     assert metrics["trpo/accepted"] == 1.0 and 0 < metrics["trpo/kl"] <= 0.01 + 1e-6, metrics
     assert any(not torch.equal(b, p) for b, p in zip(before, pol.actor_parameters()))
+
+
+@pytest.mark.parametrize("kind", list(BODIES))
+def test_bf16_autocast_scores_like_fp32_and_updates(kind: str) -> None:
+    pol = _policy(kind, SamplingConfig(temperature=0.8, min_new_tokens=2, max_new_tokens=10))
+    torch.manual_seed(1)
+    gen = generate(pol, PROMPTS)
+    full = pol.evaluate(PROMPTS, gen.tokens).log_probs
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        half = pol.evaluate(PROMPTS, gen.tokens)
+        cached = generate(pol, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=10))
+        ro = _lm_rollout(pol)
+        ro = estimate_advantages(ro, "gae", 1.0, 0.95, whiten=True)
+        before = [p.detach().clone() for p in pol.parameters()]
+        metrics = PPO(PPOConfig(epochs=2, batch_size=4), pol).update(pol, ro, 0.0)
+    # bfloat16 keeps 8 bits of mantissa: log-probs move by rounding only, and stay float32 tensors
+    assert half.log_probs.dtype == torch.float32 and half.values.dtype == torch.float32
+    assert torch.allclose(half.log_probs, full, rtol=0.03, atol=0.01)
+    assert cached.logprobs.dtype == torch.float32 and bool(torch.isfinite(cached.logprobs).all())
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert all(p.dtype == torch.float32 for p in pol.parameters())
+    assert any(not torch.equal(b, p) for b, p in zip(before, pol.parameters()))
+
+
+def test_kv_cache_is_made_in_the_autocast_dtype() -> None:
+    # a float32 cache under bf16 autocast is converted at every layer of every decoding step
+    from lmpo.policies.attention import StaticKV
+
+    x = torch.zeros(2, 3)
+    assert StaticKV(1, 2, 1, 4, 8, x).k.dtype == torch.float32
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert StaticKV(1, 2, 1, 4, 8, x).k.dtype == torch.bfloat16
