@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
 from pathlib import Path
@@ -17,6 +18,7 @@ from lmpo.core import estimate_advantages, explained_variance
 from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmpo.train.logging import MetricsLogger
 from lmpo.train.progress import TrainingProgress
+from lmpo.train.runtime import autocast, tune_allocator
 from lmpo.train.tasks import make_task
 
 
@@ -67,6 +69,9 @@ class Trainer:
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
+        if cfg.train.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise ConfigError(f"train.precision: bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
+        tune_allocator()
         torch.manual_seed(cfg.seed)
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
@@ -77,7 +82,8 @@ class Trainer:
             save_config(cfg, self.run_dir)
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
         # before RL: pre-training and the frozen reference for text (a resumed run reloads them)
-        self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
+        with self.autocast():
+            self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
         self.algo = make_algorithm(cfg.algo, self.policy)
         self.iteration, self.next_eval = 0, cfg.train.eval_every
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
@@ -92,6 +98,10 @@ class Trainer:
     def elapsed(self) -> float:
         """Seconds spent training so far, excluding evaluation, including time before a resume."""
         return self._elapsed_before + time.perf_counter() - self._clock - self._eval_time
+
+    def autocast(self) -> contextlib.AbstractContextManager[None]:
+        """The run's ``train.precision`` for pre-training, collection and updates."""
+        return autocast(self.cfg.train.precision, self.device)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -115,7 +125,8 @@ class Trainer:
                 # step 2. reward: the environments' rewards (control) or the simulated user's verdicts (text)
                 # step 3. shape: the per-token KL penalty to the frozen reference (text)
                 self.policy.eval()
-                rollout, stats = self.task.collect(self.policy)
+                with self.autocast():
+                    rollout, stats = self.task.collect(self.policy)
                 t1 = time.perf_counter()
                 # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
                 adv = cfg.algo.advantage
@@ -128,7 +139,8 @@ class Trainer:
                     rollout = rollout.flatten()
                 # step 5. update
                 self.policy.train()
-                metrics = self.algo.update(self.policy, rollout, progress)
+                with self.autocast():
+                    metrics = self.algo.update(self.policy, rollout, progress)
                 self.task.after_update(self.policy, rollout)
                 self.iteration += 1
                 dt = time.perf_counter() - t0

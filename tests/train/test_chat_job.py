@@ -84,6 +84,14 @@ def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> Non
     assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
 
 
+def test_bf16_precision_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(tmp_path, "name=bf16", "train.precision=bf16"))
+    summary = trainer.train()
+    assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
+    assert summary["eval/kl_ref"] > 0.0  # the updates moved the policy away from the reference
+    assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
+
+
 def test_sampled_evaluation_is_repeatable_and_leaves_the_training_stream(tmp_path: Path) -> None:
     trainer = Trainer(_cfg(tmp_path, "name=ev", "text.eval_conversations=8"))
     state = torch.get_rng_state()
