@@ -18,9 +18,12 @@ Each trainer runs in its own fresh process, in turn, with 2 threads: lmpo in lmp
 its own (``.venv-trl``, made by ``make bench-rl``; TRL is never a dependency of lmpo). A process reports
 completion tokens per second over its 30 steps, its peak resident memory (``ru_maxrss``: libraries,
 models and training together) and the mean reward of every step. TRL runs at its fastest fair CPU
-settings: fp32 (bf16 off), no gradient checkpointing, no vLLM, no logging integrations, no saving.
+settings: no gradient checkpointing, no vLLM, no logging integrations, no saving. Both sides run once in
+fp32 and once in bf16 mixed precision (lmpo ``train.precision: bf16``, TRL ``bf16=True``: both autocast
+to bfloat16), and the ratio of lmpo in bf16 to TRL in fp32 (the issue's TRL settings) is printed too.
+lmpo runs as its trainer does, with ``tune_allocator()`` (glibc keeps freed blocks for reuse).
 
-    python bench/rl.py --trl-python .venv-trl/bin/python [--repeats 1]
+    python bench/rl.py --trl-python .venv-trl/bin/python [--repeats 1] [--precision fp32|bf16|both]
 """
 
 from __future__ import annotations
@@ -75,7 +78,7 @@ def load_assets(assets: Path) -> tuple[Any, Any, list[str]]:
 
 
 # ------------------------------------------------------------------------------------ lmpo workers
-def run_lmpo(algo: str, assets: Path, steps: int) -> dict[str, Any]:
+def run_lmpo(algo: str, assets: Path, steps: int, precision: str) -> dict[str, Any]:
     """lmpo's library API, the loop its trainer runs: generate, score, shape with KL, advantages, update."""
     import copy
 
@@ -87,8 +90,10 @@ def run_lmpo(algo: str, assets: Path, steps: int) -> dict[str, Any]:
     from lmpo.policies import SamplingConfig, generate
     from lmpo.policies.generation import to_rollout
     from lmpo.policies.hf import load_hf_policy
+    from lmpo.train.runtime import autocast, tune_allocator
     from lmpo.train.text import left_pad
 
+    tune_allocator()
     tok, rm, prompts = load_assets(assets)
     sampling = SamplingConfig(temperature=1.0, min_new_tokens=NEW, max_new_tokens=NEW)
     policy, _ = load_hf_policy(assets / "policy", sampling)
@@ -103,35 +108,38 @@ def run_lmpo(algo: str, assets: Path, steps: int) -> dict[str, Any]:
                                   advantage=adv), policy)
     prompt_ids = tok(text=prompts)["input_ids"]
     rng = np.random.default_rng(0)
-    rewards, tokens = [], 0
+    rewards, tokens, cpu = [], 0, torch.device("cpu")
     start = time.perf_counter()
     for step in range(steps):
         chosen = [prompt_ids[i] for i in rng.choice(len(prompt_ids), PROMPTS, replace=False) for _ in range(PER_PROMPT)]
         obs = left_pad(chosen, policy.pad_id)
-        gen = generate(policy, obs)
+        with autocast(precision, cpu):
+            gen = generate(policy, obs)
+            ref = reference.evaluate(obs, gen.tokens).log_probs
         completions = [row[m > 0].tolist() for row, m in zip(gen.tokens, gen.mask, strict=True)]
-        scores = rm_scores(rm, chosen, completions, policy.pad_id)
-        groups = torch.arange(len(chosen)) // PER_PROMPT
-        rollout = to_rollout(obs, gen, scores, groups)
-        ref = reference.evaluate(obs, gen.tokens).log_probs
+        scores = rm_scores(rm, chosen, completions, policy.pad_id)  # float32 on every side
+        rollout = to_rollout(obs, gen, scores, torch.arange(len(chosen)) // PER_PROMPT)
         rollout.rewards = kl_penalized_rewards(rollout.rewards, rollout.logprobs, ref, rollout.mask, KL, "k1")
         a = algorithm.cfg.advantage
         rollout = estimate_advantages(rollout, a.estimator, a.gamma, a.gae_lambda, a.baseline, a.whiten)
-        algorithm.update(policy, rollout, step / steps)
+        with autocast(precision, cpu):
+            algorithm.update(policy, rollout, step / steps)
         rewards.append(float(scores.mean()))
         tokens += int(gen.mask.sum())
     seconds = time.perf_counter() - start
     return {"rewards": rewards, "tokens": tokens, "seconds": seconds, "peak_rss_mb": peak_rss_mb()}
 
 
-def run_floor(assets: Path) -> dict[str, float]:
+def run_floor(assets: Path, precision: str) -> dict[str, float]:
     """The arithmetic no trainer of this batch avoids, timed at its best on one batch: a forward pass over
     prompts + completions (the least that sampling them costs, and what the reference's log-probs cost),
     the reward model, and one forward + backward (a gradient step)."""
     from lmpo.policies import SamplingConfig
     from lmpo.policies.hf import load_hf_policy
+    from lmpo.train.runtime import autocast, tune_allocator
     from lmpo.train.text import left_pad
 
+    tune_allocator()
     tok, rm, prompts = load_assets(assets)
     policy, _ = load_hf_policy(assets / "policy", SamplingConfig(min_new_tokens=NEW, max_new_tokens=NEW))
     chosen = [ids for ids in tok(text=prompts[:PROMPTS])["input_ids"] for _ in range(PER_PROMPT)]
@@ -140,11 +148,12 @@ def run_floor(assets: Path) -> dict[str, float]:
     replies = torch.randint(0, len(tok), (len(chosen), NEW))
     replies[replies == policy.pad_id] = policy.eos_id
 
-    def best(fn: Any, repeats: int = 7) -> float:
+    def best(fn: Any, mixed: bool = True, repeats: int = 7) -> float:
         times = []
         for _ in range(repeats):
             start = time.perf_counter()
-            fn()
+            with autocast(precision if mixed else "fp32", torch.device("cpu")):
+                fn()
             times.append(time.perf_counter() - start)
         return min(times)
 
@@ -157,20 +166,21 @@ def run_floor(assets: Path) -> dict[str, float]:
         policy.evaluate(obs, replies).log_probs.sum().backward()
 
     return {"forward": best(forward), "forward_backward": best(forward_backward),
-            "reward_model": best(lambda: rm_scores(rm, chosen, replies.tolist(), policy.pad_id))}
+            "reward_model": best(lambda: rm_scores(rm, chosen, replies.tolist(), policy.pad_id), mixed=False)}
 
 
 # ------------------------------------------------------------------------------------- TRL workers
-def _trl_common(out_dir: str) -> dict[str, Any]:
-    """TrainingArguments shared by TRL's trainers: CPU, fp32, constant lr, no logging integrations or saving."""
+def _trl_common(out_dir: str, precision: str) -> dict[str, Any]:
+    """TrainingArguments shared by TRL's trainers: CPU, fp32 or bf16 autocast, constant lr, no logging
+    integrations or saving."""
     return {"output_dir": out_dir, "learning_rate": LR, "lr_scheduler_type": "constant", "max_grad_norm": 1.0,
-            "bf16": False, "fp16": False, "gradient_checkpointing": False, "use_cpu": True, "seed": 0,
+            "bf16": precision == "bf16", "fp16": False, "gradient_checkpointing": False, "use_cpu": True, "seed": 0,
             "report_to": "none", "save_strategy": "no", "logging_steps": 1, "disable_tqdm": True,
             "dataloader_num_workers": 0, "per_device_train_batch_size": PROMPTS * PER_PROMPT,
             "gradient_accumulation_steps": 1}
 
 
-def run_trl(algo: str, assets: Path, steps: int) -> dict[str, Any]:
+def run_trl(algo: str, assets: Path, steps: int, precision: str) -> dict[str, Any]:
     """TRL's own trainer on the same assets; step rewards and lengths come from its logs."""
     from datasets import Dataset
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, TrainerCallback
@@ -197,7 +207,7 @@ def run_trl(algo: str, assets: Path, steps: int) -> dict[str, Any]:
             def reward(prompts: list[str], completion_ids: list[list[int]], **kw: Any) -> list[float]:
                 return rm_scores(rm, tok(text=prompts)["input_ids"], completion_ids, tok.pad_token_id).tolist()
 
-            args = RLOOConfig(**_trl_common(out), max_steps=steps, num_generations=PER_PROMPT,
+            args = RLOOConfig(**_trl_common(out, precision), max_steps=steps, num_generations=PER_PROMPT,
                               max_completion_length=NEW, generation_kwargs={"min_new_tokens": NEW}, temperature=1.0,
                               top_p=1.0, top_k=0, beta=KL, num_iterations=1, use_vllm=False, log_completions=False)
             trainer: Any = RLOOTrainer(model=policy, reward_funcs=reward, args=args, processing_class=tok,
@@ -212,8 +222,9 @@ def run_trl(algo: str, assets: Path, steps: int) -> dict[str, Any]:
             ref = AutoModelForCausalLM.from_pretrained(assets / "policy")
             value = AutoModelForSequenceClassification.from_pretrained(assets / "policy", num_labels=1)
             ids = tok(text=prompts)["input_ids"]
-            args = PPOConfig(**_trl_common(out), total_episodes=steps * PROMPTS * PER_PROMPT, num_mini_batches=1,
-                             local_rollout_forward_batch_size=PROMPTS * PER_PROMPT, num_ppo_epochs=PPO_EPOCHS,
+            args = PPOConfig(**_trl_common(out, precision), total_episodes=steps * PROMPTS * PER_PROMPT,
+                             num_mini_batches=1, local_rollout_forward_batch_size=PROMPTS * PER_PROMPT,
+                             num_ppo_epochs=PPO_EPOCHS,
                              response_length=NEW, temperature=1.0, kl_coef=KL, kl_estimator="k1", cliprange=0.2,
                              cliprange_value=0.2, vf_coef=0.1, gamma=1.0, lam=0.95, num_sample_generations=0,
                              stop_token=None, missing_eos_penalty=None)
@@ -261,13 +272,52 @@ def build_assets(assets: Path) -> None:
     (assets / "prompts.json").write_text(json.dumps(prompts))
 
 
-def spawn(python: str, worker: str, assets: Path, steps: int) -> dict[str, Any]:
+def spawn(python: str, worker: str, assets: Path, steps: int, precision: str) -> dict[str, Any]:
     """One worker in a fresh process; its result is the last line it prints."""
-    cmd = [python, __file__, "--worker", worker, "--assets", str(assets), "--steps", str(steps)]
+    cmd = [python, __file__, "--worker", worker, "--assets", str(assets), "--steps", str(steps),
+           "--precision", precision]
     out = subprocess.run(cmd, capture_output=True, text=True)
     if out.returncode != 0:
         raise RuntimeError(f"{worker} failed:\n{out.stderr[-4000:]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def report(results: dict[tuple[str, str], list[dict[str, Any]]], floors: dict[str, dict[str, float]],
+           pairs: list[str], precisions: list[str]) -> None:
+    """Per precision: every trainer's medians, lmpo / TRL ratios and the floor; then lmpo bf16 / TRL fp32."""
+    med: dict[tuple[str, str], dict[str, float]] = {}
+    for precision in precisions:
+        print(f"{precision}:")
+        print(f"  {'trainer':20s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'reward first 5 -> last 5':>26s}")
+        for (worker, prec), runs in results.items():
+            if prec != precision:
+                continue
+            tps = statistics.median(r["tokens"] / r["seconds"] for r in runs)
+            rss = statistics.median(r["peak_rss_mb"] for r in runs)
+            first = statistics.median(statistics.mean(r["rewards"][:5]) for r in runs)
+            last = statistics.median(statistics.mean(r["rewards"][-5:]) for r in runs)
+            med[worker, prec] = {"tps": tps, "rss": rss}
+            print(f"  {worker:20s} {tps:9.0f} {rss:12.0f} {first:12.3f} -> {last:9.3f}")
+        for ours, theirs in (WORKERS[p] for p in pairs):
+            a, b = med[ours, precision], med[theirs, precision]
+            print(f"  {ours} / {theirs}: tokens/s x{a['tps'] / b['tps']:.2f}, peak memory x{a['rss'] / b['rss']:.2f}")
+        # the floor: sampling >= one forward, the reference one forward, the reward model, then the gradient
+        # steps (REINFORCE one, PPO one per epoch; sampling gives the old log-probs and values)
+        floor = floors[precision]
+        f, fb, r = floor["forward"], floor["forward_backward"], floor["reward_model"]
+        print(f"  floor, one batch at its best: forward {f:.3f} s, forward+backward {fb:.3f} s, "
+              f"reward model {r:.3f} s")
+        for pair in pairs:
+            seconds = 2 * f + r + (1 if pair == "rloo" else PPO_EPOCHS) * fb
+            best_tps = PROMPTS * PER_PROMPT * NEW / seconds
+            theirs = WORKERS[pair][1]
+            print(f"    {pair}: the arithmetic alone takes {seconds:.2f} s a step: at most {best_tps:.0f} tokens/s, "
+                  f"x{best_tps / med[theirs, precision]['tps']:.2f} {theirs}")
+    if {"fp32", "bf16"} <= set(precisions):
+        print("lmpo in bf16 / TRL in fp32 (the issue's TRL settings, bf16 off):")
+        for ours, theirs in (WORKERS[p] for p in pairs):
+            a, b = med[ours, "bf16"], med[theirs, "fp32"]
+            print(f"  {ours} / {theirs}: tokens/s x{a['tps'] / b['tps']:.2f}, peak memory x{a['rss'] / b['rss']:.2f}")
 
 
 def main() -> None:
@@ -276,6 +326,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1, help="runs of every worker (medians are reported)")
     parser.add_argument("--only", choices=sorted(WORKERS), help="one pair")
     parser.add_argument("--steps", type=int, default=STEPS, help="RL steps per run")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "both"], default="both",
+                        help="autocast precision of both sides")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     parser.add_argument("--assets", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -283,48 +335,30 @@ def main() -> None:
     if args.worker:
         side, _, algo = args.worker.partition("-")
         if algo == "floor":
-            print(json.dumps(run_floor(args.assets)))
+            print(json.dumps(run_floor(args.assets, args.precision)))
             return
         run = run_lmpo if side == "lmpo" else run_trl
-        print(json.dumps(run(algo.replace("-loo", ""), args.assets, args.steps)))
+        print(json.dumps(run(algo.replace("-loo", ""), args.assets, args.steps, args.precision)))
         return
     if not Path(args.trl_python).exists():
         sys.exit(f"{args.trl_python} not found: `make bench-rl` creates the TRL environment")
     pairs = [args.only] if args.only else list(WORKERS)
+    precisions = ["fp32", "bf16"] if args.precision == "both" else [args.precision]
     with tempfile.TemporaryDirectory() as tmp:
         assets = Path(tmp)
         build_assets(assets)
-        results: dict[str, list[dict[str, Any]]] = {}
+        results: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for _ in range(args.repeats):  # in turn, so both sides see the same machine state
-            for pair in pairs:
-                for worker in WORKERS[pair]:
-                    python = sys.executable if worker.startswith("lmpo") else args.trl_python
-                    results.setdefault(worker, []).append(spawn(python, worker, assets, args.steps))
-        floor = spawn(sys.executable, "lmpo-floor", assets, args.steps)
+            for precision in precisions:
+                for pair in pairs:
+                    for worker in WORKERS[pair]:
+                        python = sys.executable if worker.startswith("lmpo") else args.trl_python
+                        run = spawn(python, worker, assets, args.steps, precision)
+                        results.setdefault((worker, precision), []).append(run)
+        floors = {p: spawn(sys.executable, "lmpo-floor", assets, args.steps, p) for p in precisions}
     print(f"GPT-2 4x256 policy, 1-layer reward model; {PROMPTS} prompts x {PER_PROMPT} completions of {NEW} tokens "
           f"per step, {args.steps} steps, {THREADS} threads; median of {args.repeats}")
-    print(f"  {'trainer':20s} {'tokens/s':>9s} {'peak RSS MB':>12s} {'reward first 5 -> last 5':>26s}")
-    med: dict[str, dict[str, float]] = {}
-    for worker, runs in results.items():
-        tps = statistics.median(r["tokens"] / r["seconds"] for r in runs)
-        rss = statistics.median(r["peak_rss_mb"] for r in runs)
-        first = statistics.median(statistics.mean(r["rewards"][:5]) for r in runs)
-        last = statistics.median(statistics.mean(r["rewards"][-5:]) for r in runs)
-        med[worker] = {"tps": tps, "rss": rss}
-        print(f"  {worker:20s} {tps:9.0f} {rss:12.0f} {first:12.3f} -> {last:9.3f}")
-    for ours, theirs in (WORKERS[p] for p in pairs):
-        print(f"  {ours} / {theirs}: tokens/s x{med[ours]['tps'] / med[theirs]['tps']:.2f}, "
-              f"peak memory x{med[ours]['rss'] / med[theirs]['rss']:.2f}")
-    # the floor: sampling >= one forward, the reference one forward, the reward model, then the gradient
-    # steps (REINFORCE one, PPO one per epoch; sampling gives the old log-probs and values)
-    f, fb, r = floor["forward"], floor["forward_backward"], floor["reward_model"]
-    print(f"floor, one batch at its best: forward {f:.3f} s, forward+backward {fb:.3f} s, reward model {r:.3f} s")
-    for pair in pairs:
-        seconds = 2 * f + r + (1 if pair == "rloo" else PPO_EPOCHS) * fb
-        best_tps = PROMPTS * PER_PROMPT * NEW / seconds
-        theirs = WORKERS[pair][1]
-        print(f"  {pair}: the arithmetic alone takes {seconds:.2f} s a step: at most {best_tps:.0f} tokens/s, "
-              f"x{best_tps / med[theirs]['tps']:.2f} {theirs}")
+    report(results, floors, pairs, precisions)
 
 
 if __name__ == "__main__":

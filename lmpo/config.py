@@ -199,7 +199,7 @@ class TrainConfig(Section):
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16': pre-training, rollouts and updates under torch.autocast to bfloat16 "
         "(weights, optimiser and losses stay float32; evaluation runs in float32). For GPUs and CPUs with "
-        "bfloat16 units (Intel AMX: a language-model RL step measured 1.6x faster); time a short run elsewhere.")
+        "bfloat16 units (Intel AMX: language-model RL steps measured 1.5-1.8x faster); time a short run elsewhere.")
     runs_dir: str = Field("runs", description="Parent directory of run directories.")
     progress: bool = Field(True, description="Show a live progress bar.")
 
