@@ -197,9 +197,10 @@ class TrainConfig(Section):
     threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch's default).")
     device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
     precision: Literal["fp32", "bf16"] = Field(
-        "fp32", description="'bf16': pre-training, rollouts and updates under torch.autocast to bfloat16 "
-        "(weights, optimiser and losses stay float32; evaluation runs in float32). For GPUs and CPUs with "
-        "bfloat16 units (Intel AMX: language-model RL steps measured 1.5-1.8x faster); time a short run elsewhere.")
+        "fp32", description="'bf16' (text environments): pre-training, rollouts and updates under "
+        "torch.autocast to bfloat16 (weights, optimiser and losses stay float32; evaluation runs in float32). "
+        "For GPUs and CPUs with bfloat16 units (Intel AMX: language-model RL steps measured 1.5-1.8x faster); "
+        "time a short run elsewhere.")
     runs_dir: str = Field("runs", description="Parent directory of run directories.")
     progress: bool = Field(True, description="Show a live progress bar.")
 
@@ -233,6 +234,8 @@ class Config(Section):
             raise ValueError(f"policy.kind {self.policy.kind!r} is for text environments; use 'mlp'")
         if self.text is not None:
             raise ValueError("the text section is for text environments (env.id lmpo/Chatbot-v0)")
+        if self.train.precision != "fp32":
+            raise ValueError("train.precision bf16 is for language-model policies (text environments)")
         adv = self.algo.advantage
         needs_value = adv.estimator == "gae" or adv.baseline == "value"
         if needs_value and self.policy.critic == "none":

@@ -24,6 +24,8 @@ def test_recipes_are_valid(recipe: str) -> None:
     ("policy.critic=none", "needs a value function"),
     ("rollout.mode=sideways", "rollout.mode: Input should be 'steps' or 'episodes'"),
     ("nope", "not of the form key.sub=value"),
+    ("train.precision=bf16", "train.precision bf16 is for language-model policies"),
+    ("train.precision=fp16", "train.precision: Input should be 'fp32' or 'bf16'"),
 ])
 def test_bad_overrides(override: str, expected: str) -> None:
     with pytest.raises(ConfigError) as err:

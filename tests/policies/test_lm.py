@@ -15,6 +15,7 @@ from lmpo.policies.gpt import GPT, GPTConfig
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.recurrent import RecurrentLM
 from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
+from lmpo.train.runtime import autocast
 
 V, PAD, EOS = 40, 0, 2
 BODIES = {
@@ -110,10 +111,21 @@ def _lm_rollout(pol: LMPolicy, k: int = 2):
 
 @pytest.mark.parametrize("kind", list(BODIES))
 @pytest.mark.parametrize("algo", ["reinforce", "trpo", "ppo"])
-def test_algorithms_update_language_models(kind: str, algo: str) -> None:
+@pytest.mark.parametrize("precision", ["fp32", "bf16"])
+def test_algorithms_update_language_models(kind: str, algo: str, precision: str) -> None:
     # TRPO needs a smooth policy (see tests/policies/test_hf.py): no top-k / top-p
     pol = _policy(kind, SamplingConfig(temperature=0.8, epsilon=0.05, min_new_tokens=2, max_new_tokens=10)
                   if algo == "trpo" else FULL)
+    with autocast(precision, torch.device("cpu")):  # train.precision: the trainer collects and updates in it
+        metrics, changed = _update(pol, algo)
+    assert all(math.isfinite(v) for v in metrics.values()), metrics
+    assert any(changed) and all(p.dtype == torch.float32 for p in pol.parameters())
+    if algo == "trpo":
+        assert metrics["trpo/kl"] <= 0.01 + 1e-6
+
+
+def _update(pol: LMPolicy, algo: str) -> tuple[dict[str, float], list[bool]]:
+    """One update of ``algo`` on a fresh rollout; its metrics and which parameters changed."""
     ro = _lm_rollout(pol)
     if algo == "reinforce":
         ro = estimate_advantages(ro, "returns", 1.0, baseline="loo", whiten=False)
@@ -126,11 +138,7 @@ def test_algorithms_update_language_models(kind: str, algo: str) -> None:
         a = PPO(PPOConfig(epochs=2, batch_size=4), pol)
     before = [p.detach().clone() for p in pol.parameters()]
     metrics = a.update(pol, ro, 0.0)
-    assert all(math.isfinite(v) for v in metrics.values()), metrics
-    changed = [not torch.equal(b, p) for b, p in zip(before, pol.parameters())]
-    assert any(changed)
-    if algo == "trpo":
-        assert metrics["trpo/kl"] <= 0.01 + 1e-6
+    return metrics, [not torch.equal(b, p) for b, p in zip(before, pol.parameters())]
 
 
 def test_inverse_cdf_sampler_matches_probabilities_and_skips_zeros() -> None:
@@ -165,7 +173,7 @@ def test_trpo_with_subsampled_fisher_products_stays_in_the_trust_region() -> Non
 
 
 @pytest.mark.parametrize("kind", list(BODIES))
-def test_bf16_autocast_scores_like_fp32_and_updates(kind: str) -> None:
+def test_bf16_autocast_scores_like_fp32(kind: str) -> None:
     pol = _policy(kind, SamplingConfig(temperature=0.8, min_new_tokens=2, max_new_tokens=10))
     torch.manual_seed(1)
     gen = generate(pol, PROMPTS)
@@ -173,17 +181,10 @@ def test_bf16_autocast_scores_like_fp32_and_updates(kind: str) -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         half = pol.evaluate(PROMPTS, gen.tokens)
         cached = generate(pol, PROMPTS, SamplingConfig(temperature=0.0, max_new_tokens=10))
-        ro = _lm_rollout(pol)
-        ro = estimate_advantages(ro, "gae", 1.0, 0.95, whiten=True)
-        before = [p.detach().clone() for p in pol.parameters()]
-        metrics = PPO(PPOConfig(epochs=2, batch_size=4), pol).update(pol, ro, 0.0)
     # bfloat16 keeps 8 bits of mantissa: log-probs move by rounding only, and stay float32 tensors
     assert half.log_probs.dtype == torch.float32 and half.values.dtype == torch.float32
     assert torch.allclose(half.log_probs, full, rtol=0.03, atol=0.01)
     assert cached.logprobs.dtype == torch.float32 and bool(torch.isfinite(cached.logprobs).all())
-    assert all(math.isfinite(v) for v in metrics.values()), metrics
-    assert all(p.dtype == torch.float32 for p in pol.parameters())
-    assert any(not torch.equal(b, p) for b, p in zip(before, pol.parameters()))
 
 
 def test_kv_cache_is_made_in_the_autocast_dtype() -> None:
