@@ -122,7 +122,7 @@ def run_lmpo(algo: str, assets: Path, steps: int, precision: str) -> dict[str, A
         rollout.rewards = kl_penalized_rewards(rollout.rewards, rollout.logprobs, ref, rollout.mask, KL, "k1")
         a = algorithm.cfg.advantage
         rollout = estimate_advantages(rollout, a.estimator, a.gamma, a.gae_lambda, a.baseline, a.whiten)
-        with autocast(precision, cpu):
+        with autocast(precision, cpu, weights_change=True):
             algorithm.update(policy, rollout, step / steps)
         rewards.append(float(scores.mean()))
         tokens += int(gen.mask.sum())

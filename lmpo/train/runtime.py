@@ -27,9 +27,16 @@ def tune_allocator(keep_bytes: int = 1 << 30) -> bool:
     return bool(libc.mallopt(_M_MMAP_THRESHOLD, keep_bytes)) and bool(libc.mallopt(_M_TRIM_THRESHOLD, 2 * keep_bytes))
 
 
-def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager[None]:
+def autocast(precision: str, device: torch.device, weights_change: bool = False
+             ) -> contextlib.AbstractContextManager[None]:
     """``torch.autocast`` to bfloat16 when ``precision`` is ``'bf16'``, else nothing: parameters, optimiser
-    state, log-probabilities and losses stay float32 either way."""
+    state, log-probabilities and losses stay float32 either way.
+
+    Autocast keeps each weight's bfloat16 copy until the context exits, so a forward after an optimiser
+    step inside it would run the old weights: pass ``weights_change=True`` around updates and pre-training
+    (no copies are kept; each forward casts its weights once), leave it off for sampling (32 decoding
+    steps reuse one copy).
+    """
     if precision == "bf16":
-        return torch.autocast(device.type, dtype=torch.bfloat16)
+        return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not weights_change)
     return contextlib.nullcontext()

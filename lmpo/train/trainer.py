@@ -82,7 +82,7 @@ class Trainer:
             save_config(cfg, self.run_dir)
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
         # before RL: pre-training and the frozen reference for text (a resumed run reloads them)
-        with self.autocast():
+        with self.autocast(weights_change=True):
             self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
         self.algo = make_algorithm(cfg.algo, self.policy)
         self.iteration, self.next_eval = 0, cfg.train.eval_every
@@ -99,9 +99,9 @@ class Trainer:
         """Seconds spent training so far, excluding evaluation, including time before a resume."""
         return self._elapsed_before + time.perf_counter() - self._clock - self._eval_time
 
-    def autocast(self) -> contextlib.AbstractContextManager[None]:
-        """The run's ``train.precision`` for pre-training, collection and updates."""
-        return autocast(self.cfg.train.precision, self.device)
+    def autocast(self, weights_change: bool = False) -> contextlib.AbstractContextManager[None]:
+        """The run's ``train.precision`` for pre-training, collection and updates (see ``runtime.autocast``)."""
+        return autocast(self.cfg.train.precision, self.device, weights_change)
 
     @property
     def ckpt_dir(self) -> Path:
@@ -139,7 +139,7 @@ class Trainer:
                     rollout = rollout.flatten()
                 # step 5. update
                 self.policy.train()
-                with self.autocast():
+                with self.autocast(weights_change=True):
                     metrics = self.algo.update(self.policy, rollout, progress)
                 self.task.after_update(self.policy, rollout)
                 self.iteration += 1
