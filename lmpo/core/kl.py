@@ -38,22 +38,21 @@ def kl_penalized_rewards(rewards: Tensor, logprobs: Tensor, ref_logprobs: Tensor
 
 
 class FixedKLController:
-    """A constant KL coefficient."""
+    """A constant KL coefficient: the config's, also after a resume (a resume may change it)."""
 
     def __init__(self, kl_coef: float) -> None:
-        self.value = kl_coef
+        self.start = self.value = kl_coef
 
     def update(self, current_kl: float, n_steps: int) -> float:
         """Nothing to adapt; returns the coefficient."""
         return self.value
 
     def state_dict(self) -> dict[str, float]:
-        """The coefficient, for checkpoints."""
-        return {"value": self.value}
+        """The coefficient and the one it started from, for checkpoints."""
+        return {"value": self.value, "start": self.start}
 
     def load_state_dict(self, state: dict[str, float]) -> None:
-        """Restore the coefficient."""
-        self.value = state["value"]
+        """Nothing to restore: the configured coefficient holds."""
 
 
 class AdaptiveKLController(FixedKLController):
@@ -74,3 +73,8 @@ class AdaptiveKLController(FixedKLController):
             error = min(max(current_kl / self.target - 1.0, -0.2), 0.2)
             self.value *= 1.0 + error * n_steps / self.horizon
         return self.value
+
+    def load_state_dict(self, state: dict[str, float]) -> None:
+        """Continue from the adapted coefficient, unless the configured start has changed since it was saved."""
+        if state.get("start", self.start) == self.start:
+            self.value = state["value"]

@@ -37,9 +37,16 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def save_config(cfg: Config, run_dir: Path) -> None:
-    """Write the resolved config next to the run's outputs."""
-    (run_dir / "config.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+def save_config(cfg: Config, run_dir: Path, iteration: int = 0) -> None:
+    """Write the resolved config next to the run's outputs. A resume that changes it keeps the config in force
+    until then as ``config-until-iter<N>.yaml``, so the run's record says what every phase ran with."""
+    path, text = run_dir / "config.yaml", yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    before = path.read_text() if path.is_file() else None
+    if before == text:
+        return
+    if before is not None:
+        (run_dir / f"config-until-iter{iteration}.yaml").write_text(before)
+    path.write_text(text)
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -92,6 +99,7 @@ class Trainer:
         self._saved_iteration: int | None = None
         if state is not None:
             self._restore(state)
+            save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
         self.logger = MetricsLogger(self.run_dir, self.iteration if resume else None, self.task.steps)
 
     @property

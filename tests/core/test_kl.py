@@ -45,10 +45,30 @@ def test_adaptive_controller() -> None:
     before = c.value
     # KL at 5.4: error -0.1
     assert math.isclose(c.update(5.4, 1000), before * (1 - 0.1 * 1000 / 10_000))
-    c2 = AdaptiveKLController(1.0, 1.0, 1)
+    c2 = AdaptiveKLController(0.2, 1.0, 1)
     c2.load_state_dict(c.state_dict())
-    assert c2.value == c.value
+    assert c2.value == c.value  # a resume continues from the adapted coefficient
     f = FixedKLController(0.05)
     assert f.update(100.0, 10) == 0.05
     with pytest.raises(ValueError):
         AdaptiveKLController(0.1, target=0.0, horizon=10)
+
+
+def test_resume_keeps_a_changed_coefficient() -> None:
+    """A resume that sets another ``text.kl.coef`` gets it: the checkpoint's coefficient does not win."""
+    saved = AdaptiveKLController(0.02, target=6.0, horizon=100)
+    saved.update(12.0, 50)
+    fixed = FixedKLController(0.2)
+    fixed.load_state_dict(FixedKLController(0.02).state_dict())
+    assert fixed.value == 0.2
+    fixed.load_state_dict(saved.state_dict())
+    assert fixed.value == 0.2
+    changed = AdaptiveKLController(0.1, target=6.0, horizon=100)
+    changed.load_state_dict(saved.state_dict())
+    assert changed.value == 0.1
+    same = AdaptiveKLController(0.02, target=6.0, horizon=100)
+    same.load_state_dict(saved.state_dict())
+    assert same.value == saved.value != 0.02
+    legacy = AdaptiveKLController(0.05, target=6.0, horizon=100)
+    legacy.load_state_dict({"value": 0.3})  # checkpoints from before the start was saved
+    assert legacy.value == 0.3

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 from safetensors.torch import load_file
 
 from lmpo.config import load_config
@@ -109,6 +110,10 @@ def test_in_process_resume_is_exact(tmp_path: Path, recipe: str) -> None:
     resumed = Trainer(load_config(CONFIGS / recipe, [*over, "name=b", "train.total_steps=1200"]),
                       run_dir=first.run_dir, resume=True)
     assert resumed.iteration == first.iteration > 0
+    # the record says what each phase ran with
+    kept = first.run_dir / f"config-until-iter{first.iteration}.yaml"
+    assert yaml.safe_load(kept.read_text())["train"]["total_steps"] == 600
+    assert read_run_config(first.run_dir).train.total_steps == 1200
     resumed.train()
     for (k, a), (_, b) in zip(straight.policy.state_dict().items(), resumed.policy.state_dict().items()):
         assert torch.equal(a, b), k
@@ -124,5 +129,6 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     summary = again.train()
     assert summary["iterations"] == first.iteration
     assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == ckpts
+    assert not list(first.run_dir.glob("config-until-*"))  # no overrides: the record is unchanged
     for (k, a), (_, b) in zip(first.policy.state_dict().items(), again.policy.state_dict().items()):
         assert torch.equal(a, b), k
