@@ -10,7 +10,8 @@ import torch
 import lmpo
 from lmpo.cli import main
 from lmpo.config import load_config
-from lmpo.train import Trainer
+from lmpo.train import Trainer, read_run_config
+from lmpo.train.logging import read_metrics
 
 TINY = ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.embed=32", "policy.hidden=64",
         "algo.name=ppo", "algo.epochs=2", "algo.batch_size=16",
@@ -30,8 +31,11 @@ def test_train_eval_chat_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert main(["pretrain", "configs/chatbot.yaml", *cfg_args]) == 0
     run = tmp_path / "chat"
     assert (run / "tokenizer").is_dir() and (run / "reference.safetensors").is_file()
-    assert main(["train", "--resume", str(run)]) == 0
+    assert main(["train", "--resume", str(run), "text.kl.coef=0.07"]) == 0  # RL with another KL weight
     out = capsys.readouterr().out
+    coefs = {r["charts/kl_coef"] for r in read_metrics(run) if "charts/kl_coef" in r}
+    assert coefs == {0.07}  # the override holds (the pre-training checkpoint's 0.02 once won)
+    assert read_run_config(run).text.kl.coef == 0.07 and (run / "config-until-iter0.yaml").is_file()
     assert "before RL" in out  # RL after `lmpo pretrain` starts at update 0: before and after columns
     assert "satisfaction (train)" in out and "sample conversation" in out
     assert main(["eval", str(run)]) == 0
