@@ -22,19 +22,33 @@ class PolicyStep:
     mask: Tensor | None = None  # (B, T) real tokens, for policies that emit variable-length sequences
 
 
+def unpack(x: Tensor, steps: Tensor) -> Tensor:
+    """``x (N, ...)``, one entry per True of ``steps (B, T)`` row by row, as ``(B, T, ...)`` with zeros
+    elsewhere (differentiable, twice too: TRPO's Fisher products go through it)."""
+    rows, cols = steps.nonzero(as_tuple=True)
+    return x.new_zeros(*steps.shape, *x.shape[1:]).index_put((rows, cols), x)
+
+
 @dataclass
 class Evaluation:
     """What ``evaluate`` returns for observations and actions ``(B, T, ...)`` in one forward pass."""
 
     log_probs: Tensor  # (B, T) log pi(a_t | s_t)
     values: Tensor | None  # (B, T) V(s_t)
-    dist: Tensor  # (B, T, P) the distribution's parameters, for ``Policy.kl`` (TRPO's trust region)
-    entropy_of: Callable[[Tensor], Tensor]  # dist -> (B, T) entropy
+    params: Tensor  # the distribution's parameters: (B, T, P), or (N, P) at the steps ``steps`` marks
+    entropy_of: Callable[[Tensor], Tensor]  # params (..., P) -> (...) entropy
+    steps: Tensor | None = None  # (B, T) bool: set when ``params`` holds only the real steps (language models)
+
+    @cached_property
+    def dist(self) -> Tensor:
+        """``(B, T, P)`` parameters for ``Policy.kl`` (TRPO's trust region); zeros at steps not held."""
+        return self.params if self.steps is None else unpack(self.params, self.steps)
 
     @cached_property
     def entropy(self) -> Tensor:
         """``(B, T)`` entropy of pi(. | s_t), computed on first use (an unused entropy costs nothing)."""
-        return self.entropy_of(self.dist)
+        h = self.entropy_of(self.params)
+        return h if self.steps is None else unpack(h, self.steps)
 
 
 @runtime_checkable

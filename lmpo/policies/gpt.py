@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
+from lmpo.policies.lm import kept_positions
 
 
 @dataclass
@@ -71,7 +72,8 @@ class GPT(nn.Module):
         if isinstance(m, nn.Linear) and m.bias is not None:
             nn.init.zeros_(m.bias)
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
+                keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``: ``mask (B, L_past + L)`` marks real tokens; positions count real tokens only."""
         (b, length), total = ids.shape, mask.shape[1]
         positions = token_positions(mask, length)  # (B, L)
@@ -85,4 +87,4 @@ class GPT(nn.Module):
         for i, block in enumerate(self.blocks):
             x = block(x, bias, i, total - length, cache)
         h = self.ln(x)
-        return F.linear(h[:, -keep:] if keep else h, self.tok.weight), h, cache
+        return F.linear(kept_positions(h, keep), self.tok.weight), h, cache

@@ -17,7 +17,7 @@ from torch import Tensor, nn
 from lmpo.data.tokenizer import add_pad_token
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
 from lmpo.policies.base import save_weights
-from lmpo.policies.lm import LMPolicy
+from lmpo.policies.lm import LMPolicy, kept_positions
 from lmpo.policies.sampling import SamplingConfig
 
 
@@ -49,17 +49,22 @@ class HFCausalLM(nn.Module):
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
+                keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``."""
         if self.native:
             return self._gpt2_forward(ids, mask, cache, keep)
         positions = token_positions(mask, ids.shape[1])
+        last = keep
+        if isinstance(keep, Tensor):  # the model's head on the columns from the first kept one, then select
+            last = keep.shape[1] - int(keep.any(0).int().argmax())
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
-                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": keep} if keep else {}))
-        return out.logits.float(), out.hidden_states[-1], out.past_key_values
+                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": last} if last else {}))
+        logits = out.logits[keep[:, -int(last):]] if isinstance(keep, Tensor) else out.logits
+        return logits.float(), out.hidden_states[-1], out.past_key_values
 
     def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None,
-                      keep: int) -> tuple[Tensor, Tensor, Any]:
+                      keep: int | Tensor) -> tuple[Tensor, Tensor, Any]:
         model: Any = self.model
         tr = model.transformer
         b, length = ids.shape
@@ -84,7 +89,7 @@ class HFCausalLM(nn.Module):
             mlp = block.mlp
             x = x + mlp.dropout(mlp.c_proj((self._gelu or mlp.act)(mlp.c_fc(block.ln_2(x)))))
         h = tr.ln_f(x)
-        return model.lm_head(h[:, -keep:] if keep else h).float(), h, cache
+        return model.lm_head(kept_positions(h, keep)).float(), h, cache
 
 
 def load_hf_body(name_or_path: str | Path, vocab_size: int | None = None, **kwargs: Any) -> HFCausalLM:

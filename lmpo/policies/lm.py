@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from lmpo.policies.base import Evaluation, PolicyStep
+from lmpo.policies.base import Evaluation, PolicyStep, unpack
 from lmpo.policies.sampling import SamplingConfig, entropy_of, kl_of, sampling_logprobs
 
 
@@ -24,11 +24,20 @@ class LMBody(Protocol):
     hidden_size: int
     vocab_size: int
 
-    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
+    def __call__(self, ids: Tensor, mask: Tensor, cache: Any = None,
+                 keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
         """``ids (B, L)`` new tokens, ``mask (B, L_past + L)`` real tokens (contiguous, left and right
-        padding allowed); returns ``logits (B, L, V)`` (``(B, keep, V)`` of the last ``keep`` positions
-        when ``keep > 0``: decoding needs one, scoring a reply its own), ``hidden (B, L, H)`` and the cache."""
+        padding allowed); returns logits, ``hidden (B, L, H)`` and the cache. Logits are ``(B, L, V)``;
+        ``(B, keep, V)`` of the last ``keep`` positions when ``keep > 0`` (decoding needs one); ``(N, V)`` of
+        the ``N`` positions a boolean ``keep (B, L)`` marks, row by row (scoring: real reply tokens only)."""
         ...
+
+
+def kept_positions(h: Tensor, keep: int | Tensor) -> Tensor:
+    """The positions of ``h (B, L, ...)`` whose logits an ``LMBody`` computes (see ``LMBody.__call__``)."""
+    if isinstance(keep, Tensor):
+        return h[keep]
+    return h[:, -keep:] if keep else h
 
 
 class LMPolicy(nn.Module):
@@ -57,21 +66,24 @@ class LMPolicy(nn.Module):
             self.body.train(was)
 
     def _score(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """One teacher-forced pass; sampling log-probs ``(B, T, V)``, values ``(B, T)``, reply mask."""
+        """One teacher-forced pass; sampling log-probs ``(N, V)`` of the ``N`` real reply tokens (row by
+        row), values ``(B, T)`` and the reply mask ``(B, T)``."""
         p, t = prompts.shape[1], replies.shape[1]
         if t == 0:
             raise ValueError("no reply tokens to score")
-        # position P - 1 + i predicts reply token i, so the last reply token is never an input, and only the
-        # last T positions' logits are computed (no (B, T, V) slice for autograd to copy back)
+        # position P - 1 + i predicts reply token i, so the last reply token is never an input. Logits only
+        # at real reply tokens: replies are right-padded to the longest, and the projection to the vocabulary
+        # with its log-softmax would otherwise cost as much on pads as on tokens (half a batch is pads).
         ids = torch.cat([prompts, replies[:, :-1]], dim=1)  # (B, P + T - 1)
         mask = ids != self.pad_id
+        real = replies != self.pad_id  # (B, T)
+        keep = torch.cat([real.new_zeros(real.shape[0], p - 1), real], dim=1)  # (B, P + T - 1)
         with self._no_dropout():
-            logits, hidden, _ = self.body(ids, mask, keep=t)
-        hidden = hidden[:, p - 1:]  # (B, T, H)
-        steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)
+            logits, hidden, _ = self.body(ids, mask, keep=keep)  # (N, V)
+        steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)[real]  # (N,) reply position
         logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.eos_id)
-        values = self.value_head(hidden).squeeze(-1).float()  # float32 under autocast too
-        return logp, values, replies != self.pad_id
+        values = self.value_head(hidden[:, p - 1:]).squeeze(-1).float()  # (B, T), float32 under autocast too
+        return logp, values, real
 
     # ---------------------------------------------------------------------- the Policy protocol
     def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:
@@ -84,8 +96,8 @@ class LMPolicy(nn.Module):
     def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
         """Log-probs, values and distributions of every reply token of the batch in one forward pass."""
         logp_all, values, mask = self._score(obs, actions)
-        logp = logp_all.gather(-1, actions.unsqueeze(-1)).squeeze(-1)
-        return Evaluation(logp.masked_fill(~mask, 0.0), values * mask, logp_all, entropy_of)
+        logp = logp_all.gather(-1, actions[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
+        return Evaluation(unpack(logp, mask), values * mask, logp_all, entropy_of, steps=mask)
 
     def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
         """``V`` at every reply position ``(B, T)`` (the value needs the reply it is read along)."""

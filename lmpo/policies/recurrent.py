@@ -9,6 +9,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from lmpo.policies.lm import kept_positions
+
 
 def _shift_rows(x: Tensor, shift: Tensor) -> Tensor:
     """Roll every row of ``x (B, L, ...)`` left by ``shift[b]`` (right for negative shifts)."""
@@ -34,7 +36,8 @@ class RecurrentLM(nn.Module):
         self.proj = nn.Linear(hidden, vocab_size)
         self.dropout = dropout
 
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None, keep: int = 0) -> tuple[Tensor, Tensor, Any]:
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
+                keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``; without a cache the real tokens of each row may sit between left and right pads."""
         x = F.dropout(self.embed(ids), self.dropout, self.training)  # (B, L, E)
         if cache is not None:  # continue every row from its state (generation step)
@@ -48,4 +51,4 @@ class RecurrentLM(nn.Module):
             out, _ = pad_packed_sequence(out, batch_first=True, total_length=ids.shape[1])
             out = _shift_rows(out, -lead)  # back to the input's positions (zeros on pads)
         h = F.dropout(out, self.dropout, self.training)  # (B, L, H)
-        return self.proj(h[:, -keep:] if keep else h), h, cache
+        return self.proj(kept_positions(h, keep)), h, cache

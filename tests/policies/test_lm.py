@@ -61,6 +61,25 @@ def test_cached_greedy_equals_uncached(kind: str) -> None:
     assert torch.equal(pol.sample(PROMPTS, deterministic=True).actions, generate(pol, PROMPTS, same).tokens)
 
 
+@pytest.mark.parametrize("kind", list(BODIES))
+def test_padded_rows_score_as_alone(kind: str) -> None:
+    # evaluate computes logits at real reply tokens only (packed): each row of a batch whose replies have
+    # different lengths must score exactly as that row alone, and pads must score nothing
+    pol = _policy(kind, SamplingConfig(temperature=0.8, top_k=15, min_new_tokens=2, max_new_tokens=10))
+    torch.manual_seed(1)
+    replies = torch.randint(3, V, (len(PROMPTS), 10))
+    lengths = torch.tensor([10, 3, 7, 1])
+    replies[torch.arange(10) >= lengths.unsqueeze(1)] = PAD
+    ev = pol.evaluate(PROMPTS, replies)
+    for b, n in enumerate(lengths.tolist()):
+        alone = pol.evaluate(PROMPTS[b:b + 1], replies[b:b + 1, :n])
+        assert torch.allclose(ev.log_probs[b, :n], alone.log_probs[0], atol=1e-5)
+        assert torch.allclose(ev.entropy[b, :n], alone.entropy[0], atol=1e-5)
+        assert torch.allclose(ev.dist[b, :n], alone.dist[0], atol=1e-5)
+        assert (ev.log_probs[b, n:] == 0).all() and (ev.entropy[b, n:] == 0).all() and (ev.dist[b, n:] == 0).all()
+    assert ev.params.shape[0] == int(lengths.sum())  # one distribution per real token, none for pads
+
+
 def test_stop_callback_ends_rows() -> None:
     pol = _policy("gru", SamplingConfig(max_new_tokens=10, min_new_tokens=0))
     gen = generate(pol, PROMPTS, stop=lambda toks: len(toks) >= 3)
