@@ -1,9 +1,12 @@
-"""Language-model benchmarks: lmpo's batched sampler against transformers' ``generate()``.
+"""Language-model benchmarks, each side by side in one process.
 
-Same small GPT-2-architecture model (random weights, built here: no download), batch 64, 16 prompt
-tokens, 48 new tokens, sampling at temperature 1, one thread, side by side in one process. lmpo's sampler
-also returns what RL needs (the log-prob of each token under the distribution it was sampled from, and
-the value of each state); ``generate()`` returns tokens only.
+1. lmpo's batched sampler against transformers' ``generate()``: the same small GPT-2-architecture model
+   (random weights, built here: no download), batch 64, 16 prompt tokens, 48 new tokens, sampling at
+   temperature 1, one thread. lmpo's sampler also returns what RL needs (the log-prob of each token under
+   the distribution it was sampled from, and the value of each state); ``generate()`` returns tokens only.
+2. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
+   against the same body running PyTorch's ``nn.GRU`` on packed sequences, on a batch shaped like the
+   main job's (64 replies of 1-64 tokens after prompts of 5-72), two threads.
 
     python bench/lm.py [--repeats 5]
 """
@@ -13,8 +16,16 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
+from torch import Tensor
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+
+from lmpo.policies import LMPolicy, SamplingConfig
+from lmpo.policies.lm import kept_positions
+from lmpo.policies.recurrent import RecurrentLM
 
 BATCH, PROMPT, NEW = 64, 16, 48
 
@@ -29,12 +40,23 @@ def build_model(vocab: int = 4096):
     return GPT2LMHeadModel(cfg).eval()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--repeats", type=int, default=5)
-    args = parser.parse_args()
+def interleaved(runs: dict[str, Callable[[], float]], repeats: int) -> dict[str, float]:
+    """Median rate of each run (work units per second), runs interleaved so all see the same machine."""
+    results: dict[str, list[float]] = {name: [] for name in runs}
+    for fn in runs.values():  # warm-up
+        fn()
+    for _ in range(repeats):
+        for name, fn in runs.items():
+            t = time.perf_counter()
+            work = fn()
+            results[name].append(work / (time.perf_counter() - t))
+    return {k: statistics.median(v) for k, v in results.items()}
+
+
+def bench_generation(repeats: int) -> None:
+    """lmpo's ``generate`` against transformers' ``generate()``, new tokens per second."""
     torch.set_num_threads(1)
-    from lmpo.policies import LMPolicy, SamplingConfig, generate
+    from lmpo.policies import generate
     from lmpo.policies.hf import HFCausalLM
 
     model = build_model()
@@ -53,20 +75,75 @@ def main() -> None:
                                  top_k=0, top_p=1.0, max_new_tokens=NEW, min_new_tokens=NEW, pad_token_id=0)
         return int(out.shape[0] * (out.shape[1] - PROMPT))
 
-    results: dict[str, list[float]] = {"lmpo": [], "transformers": []}
-    for fn in (run_lmpo, run_hf):  # warm-up
-        fn()
-    for _ in range(args.repeats):  # interleaved, so both see the same machine state
-        for name, fn in (("lmpo", run_lmpo), ("transformers", run_hf)):
-            t = time.perf_counter()
-            tokens = fn()
-            results[name].append(tokens / (time.perf_counter() - t))
-    med = {k: statistics.median(v) for k, v in results.items()}
+    med = interleaved({"lmpo": run_lmpo, "transformers": run_hf}, repeats)
     print(f"GPT-2 4x256, vocab {vocab}; batch {BATCH}, {PROMPT} prompt + {NEW} new tokens, sampling, 1 thread; "
-          f"median of {args.repeats}")
+          f"median of {repeats}")
     for k, v in med.items():
         print(f"  {k:13s} {v:9.0f} new tokens/s")
     print(f"  ratio lmpo / transformers: {med['lmpo'] / med['transformers']:.2f}")
+
+
+class TorchPackedGRU(RecurrentLM):
+    """The same body with PyTorch's packed ``nn.GRU`` path (what lmpo ran before its own recurrence);
+    scoring only (no cache)."""
+
+    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
+                keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
+        x = self.embed(ids)
+        lengths, lead = mask.sum(1), mask.int().argmax(1)
+        length = ids.shape[1]
+        idx = (torch.arange(length).unsqueeze(0) + lead.unsqueeze(1)) % length  # each row's tokens first
+        packed = pack_padded_sequence(x.gather(1, idx.unsqueeze(-1).expand_as(x)), lengths, batch_first=True,
+                                      enforce_sorted=False)
+        out, state = self.rnn(packed)
+        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
+        back = (torch.arange(length).unsqueeze(0) - lead.unsqueeze(1)) % length
+        h = out.gather(1, back.unsqueeze(-1).expand_as(out))  # back to the input's positions
+        return self.proj(kept_positions(h, keep)), h, state
+
+
+def bench_recurrent(repeats: int) -> None:
+    """The update pass of the main job's GRU policy: lmpo's recurrence against ``nn.GRU``'s packed path."""
+    torch.set_num_threads(2)
+    vocab, batch, max_prompt, max_reply = 2048, 64, 72, 64
+    torch.manual_seed(0)
+    prompt_len = torch.randint(5, max_prompt + 1, (batch,))
+    reply_len = torch.randint(1, max_reply + 1, (batch,))
+    reply_len[0] = max_reply  # one reply at the limit, as in most of the main job's batches
+    pos = torch.arange(max_prompt)
+    prompts = torch.randint(3, vocab, (batch, max_prompt)).masked_fill(pos < max_prompt - prompt_len.unsqueeze(1), 0)
+    replies = torch.randint(3, vocab, (batch, max_reply)).masked_fill(
+        torch.arange(max_reply) >= reply_len.unsqueeze(1), 0)
+    policies = {}
+    for name, cls in (("lmpo", RecurrentLM), ("nn.GRU packed", TorchPackedGRU)):
+        torch.manual_seed(0)
+        policies[name] = LMPolicy(cls(vocab, "gru", 256, 512), pad_id=0, eos_id=2,
+                                  sampling=SamplingConfig(max_new_tokens=max_reply))
+    a, b = (p.evaluate(prompts, replies).log_probs for p in policies.values())
+    assert torch.allclose(a, b, atol=1e-5), "the two bodies must compute the same log-probs"
+
+    def update_pass(policy: LMPolicy) -> Callable[[], float]:
+        def run() -> float:
+            ev = policy.evaluate(prompts, replies)
+            (ev.log_probs.sum() + ev.values.sum()).backward()  # type: ignore[union-attr]
+            policy.zero_grad()
+            return float(batch)
+        return run
+
+    med = interleaved({name: update_pass(p) for name, p in policies.items()}, repeats)
+    print(f"GRU 256/512, vocab {vocab}; {batch} replies of 1-{max_reply} tokens after prompts of 5-{max_prompt}, "
+          f"evaluate forward + backward, 2 threads; median of {repeats}")
+    for k, v in med.items():
+        print(f"  {k:13s} {v:9.0f} replies/s")
+    print(f"  ratio lmpo / nn.GRU packed: {med['lmpo'] / med['nn.GRU packed']:.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args()
+    bench_generation(args.repeats)
+    bench_recurrent(args.repeats)
 
 
 if __name__ == "__main__":
