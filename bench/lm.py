@@ -5,8 +5,9 @@
    temperature 1, one thread. lmpo's sampler also returns what RL needs (the log-prob of each token under
    the distribution it was sampled from, and the value of each state); ``generate()`` returns tokens only.
 2. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
-   against the same body running PyTorch's ``nn.GRU`` on packed sequences, on a batch shaped like the
-   main job's (64 replies of 1-64 tokens after prompts of 5-72), two threads.
+   against the same body running PyTorch's ``nn.GRU`` on packed sequences (``torch_kernels=True``, what
+   lmpo ran before), on a batch shaped like the main job's (64 replies of 1-64 tokens after prompts of
+   5-72), two threads.
 
     python bench/lm.py [--repeats 5]
 """
@@ -17,14 +18,10 @@ import argparse
 import statistics
 import time
 from collections.abc import Callable
-from typing import Any
 
 import torch
-from torch import Tensor
-from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmpo.policies import LMPolicy, SamplingConfig
-from lmpo.policies.lm import kept_positions
 from lmpo.policies.recurrent import RecurrentLM
 
 BATCH, PROMPT, NEW = 64, 16, 48
@@ -83,25 +80,6 @@ def bench_generation(repeats: int) -> None:
     print(f"  ratio lmpo / transformers: {med['lmpo'] / med['transformers']:.2f}")
 
 
-class TorchPackedGRU(RecurrentLM):
-    """The same body with PyTorch's packed ``nn.GRU`` path (what lmpo ran before its own recurrence);
-    scoring only (no cache)."""
-
-    def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
-                keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
-        x = self.embed(ids)
-        lengths, lead = mask.sum(1), mask.int().argmax(1)
-        length = ids.shape[1]
-        idx = (torch.arange(length).unsqueeze(0) + lead.unsqueeze(1)) % length  # each row's tokens first
-        packed = pack_padded_sequence(x.gather(1, idx.unsqueeze(-1).expand_as(x)), lengths, batch_first=True,
-                                      enforce_sorted=False)
-        out, state = self.rnn(packed)
-        out, _ = pad_packed_sequence(out, batch_first=True, total_length=length)
-        back = (torch.arange(length).unsqueeze(0) - lead.unsqueeze(1)) % length
-        h = out.gather(1, back.unsqueeze(-1).expand_as(out))  # back to the input's positions
-        return self.proj(kept_positions(h, keep)), h, state
-
-
 def bench_recurrent(repeats: int) -> None:
     """The update pass of the main job's GRU policy: lmpo's recurrence against ``nn.GRU``'s packed path."""
     torch.set_num_threads(2)
@@ -115,10 +93,11 @@ def bench_recurrent(repeats: int) -> None:
     replies = torch.randint(3, vocab, (batch, max_reply)).masked_fill(
         torch.arange(max_reply) >= reply_len.unsqueeze(1), 0)
     policies = {}
-    for name, cls in (("lmpo", RecurrentLM), ("nn.GRU packed", TorchPackedGRU)):
+    for name, torch_kernels in (("lmpo", False), ("nn.GRU packed", True)):
         torch.manual_seed(0)
-        policies[name] = LMPolicy(cls(vocab, "gru", 256, 512), pad_id=0, eos_id=2,
-                                  sampling=SamplingConfig(max_new_tokens=max_reply))
+        body = RecurrentLM(vocab, "gru", 256, 512)
+        body.torch_kernels = torch_kernels
+        policies[name] = LMPolicy(body, pad_id=0, eos_id=2, sampling=SamplingConfig(max_new_tokens=max_reply))
     a, b = (p.evaluate(prompts, replies).log_probs for p in policies.values())
     assert torch.allclose(a, b, atol=1e-5), "the two bodies must compute the same log-probs"
 

@@ -7,13 +7,15 @@ from typing import Any, Literal
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from lmpo.policies.lm import kept_positions
 
 
 def _cell(lstm: bool, gx: Tensor, h: Tensor, c: Tensor, w_hh: Tensor, b_hh: Tensor) -> tuple[Tensor, Tensor]:
     """One step of ``nn.GRU`` / ``nn.LSTM``'s recurrence from the input's projection ``gx``; returns
-    ``(h, c)`` (``c`` passes through for a GRU). States stay float32 under autocast, as in ``nn.GRU``."""
+    ``(h, c)`` (``c`` passes through for a GRU). Under autocast the matmuls run in bfloat16 and the states
+    stay float32."""
     gh = F.linear(h, w_hh, b_hh)
     if lstm:
         i, f, g, o = (gx + gh).chunk(4, 1)
@@ -96,13 +98,35 @@ def _run_cached(rnn: nn.GRU | nn.LSTM, x: Tensor, state: Any) -> tuple[Tensor, A
     return data, ((state, torch.stack(cells)) if lstm else state)
 
 
+def _shift_rows(x: Tensor, shift: Tensor) -> Tensor:
+    """Roll every row of ``x (B, L, ...)`` left by ``shift[b]`` (right for negative shifts)."""
+    length = x.shape[1]
+    idx = (torch.arange(length, device=x.device).unsqueeze(0) + shift.unsqueeze(1)) % length  # (B, L)
+    return x.gather(1, idx.view(*idx.shape, *([1] * (x.dim() - 2))).expand_as(x))
+
+
+def _run_torch(rnn: nn.GRU | nn.LSTM, x: Tensor, mask: Tensor, state: Any) -> tuple[Tensor, Any]:
+    """``_run_packed`` (``state`` None) or ``_run_cached`` with PyTorch's own kernels (cuDNN on CUDA)."""
+    if state is not None:
+        return rnn(x, state)
+    lengths, lead = mask.sum(1), mask.int().argmax(1)
+    packed = pack_padded_sequence(_shift_rows(x, lead), lengths.cpu(), batch_first=True, enforce_sorted=False)
+    out, state = rnn(packed)
+    out, _ = pad_packed_sequence(out, batch_first=True, total_length=x.shape[1])
+    return _shift_rows(out, -lead), state  # back to the input's positions (zeros on pads)
+
+
 class RecurrentLM(nn.Module):
     """Embedding 256, one recurrent layer of 512 (GRU or LSTM), dropout 0.1, linear projection to the vocab.
 
     The recurrence runs over each row's real tokens only (packed), so pads on either side change nothing
     and the state returned is the one after each row's last real token. The parameters are ``nn.GRU``'s /
-    ``nn.LSTM``'s (``self.rnn``), the recurrence is lmpo's (see ``_run_packed``).
+    ``nn.LSTM``'s (``self.rnn``). ``torch_kernels`` picks who runs the recurrence: PyTorch's kernels
+    (``True``), lmpo's (``False``, see ``_run_packed``), or ``None``: PyTorch's fused cuDNN kernels on CUDA,
+    lmpo's elsewhere (on CPU, 2.2x faster than ``nn.GRU``'s packed path to score and differentiate).
     """
+
+    torch_kernels: bool | None = None
 
     def __init__(self, vocab_size: int, cell: Literal["gru", "lstm"] = "gru", embed: int = 256,
                  hidden: int = 512, layers: int = 1, dropout: float = 0.1) -> None:
@@ -118,9 +142,12 @@ class RecurrentLM(nn.Module):
                 keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
         """See ``LMBody``; without a cache the real tokens of each row may sit between left and right pads."""
         x = F.dropout(self.embed(ids), self.dropout, self.training)  # (B, L, E)
-        if cache is not None:  # continue every row from its state (generation step)
+        new_mask = mask[:, -ids.shape[1]:]
+        if x.is_cuda if self.torch_kernels is None else self.torch_kernels:
+            out, cache = _run_torch(self.rnn, x, new_mask, cache)
+        elif cache is not None:  # continue every row from its state (generation step)
             out, cache = _run_cached(self.rnn, x, cache)
         else:
-            out, cache = _run_packed(self.rnn, x, mask[:, -ids.shape[1]:])
+            out, cache = _run_packed(self.rnn, x, new_mask)
         h = F.dropout(out, self.dropout, self.training)  # (B, L, H)
         return self.proj(kept_positions(h, keep)), h, cache

@@ -1,4 +1,5 @@
-"""The recurrent body's own recurrence computes exactly what ``nn.GRU`` / ``nn.LSTM`` compute, gradients too."""
+"""The recurrent body's own recurrence computes exactly what ``nn.GRU`` / ``nn.LSTM`` compute, gradients too;
+so does its PyTorch-kernels path (the one CUDA takes)."""
 
 import pytest
 import torch
@@ -20,9 +21,11 @@ def _batch() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("cell", ["gru", "lstm"])
 @pytest.mark.parametrize("layers", [1, 2])
-def test_recurrence_equals_torch_rnn(cell: str, layers: int) -> None:
+@pytest.mark.parametrize("torch_kernels", [False, True])
+def test_recurrence_equals_torch_rnn(cell: str, layers: int, torch_kernels: bool) -> None:
     torch.manual_seed(0)
     body = RecurrentLM(V, cell, embed=8, hidden=16, layers=layers, dropout=0.0)  # type: ignore[arg-type]
+    body.torch_kernels = torch_kernels
     ids, mask = _batch()
     _, out, state = body(ids, mask)
     (out.square().sum() + sum(s.sum() for s in (state if cell == "lstm" else (state,)))).backward()
