@@ -134,11 +134,11 @@ class ChatTask:
         """Nothing to do."""
 
     def _play(self, policy: LMPolicy, dialogues: list[Dialogue], sampling: SamplingConfig | None,
-              reference: LMPolicy | None) -> tuple[Rollout, Any]:
-        """One conversation per dialogue, from its first line, with the given sampling settings."""
+              reference: LMPolicy | None, samples: int = 1) -> tuple[Rollout, Any]:
+        """``samples`` conversations per dialogue, from its first line, with the given sampling settings."""
         batch = ChatbotBatch(dialogues, self.user, self.t.user.max_turns)
-        col = ChatbotCollector(batch, self.tokenizer, reference, FixedKLController(0.0), self.t.kl.estimator, 0, 1,
-                               self.t.max_prompt_tokens)
+        col = ChatbotCollector(batch, self.tokenizer, reference, FixedKLController(0.0), self.t.kl.estimator, 0,
+                               samples, self.t.max_prompt_tokens)
         return col.collect(policy, indices=list(range(len(dialogues))), settings=sampling)
 
     @torch.no_grad()
@@ -176,7 +176,8 @@ class ChatTask:
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
                 torch.manual_seed(self.cfg.seed)
-                _, stats = self._play(policy, self.train[:n] if n else self.train, None, self.reference)
+                _, stats = self._play(policy, self.train[:n] if n else self.train, None, self.reference,
+                                      self.t.eval_samples)
             out["eval/train_sampled_satisfaction"] = stats.satisfaction
             out["eval/kl_ref"] = stats.mean_kl
         out["eval/mean_return"] = out["eval/train_reward"]

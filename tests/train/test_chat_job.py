@@ -107,3 +107,20 @@ def test_sampled_evaluation_is_repeatable_and_leaves_the_training_stream(tmp_pat
     second = trainer.task.evaluate(trainer.policy)
     assert 0.0 <= first["eval/train_sampled_satisfaction"] <= 1.0
     assert first == second  # the same draws: before / after RL differ only by the policy
+
+
+def test_sampled_evaluation_plays_eval_samples_per_opening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    trainer = Trainer(_cfg(tmp_path, "name=ev3", "text.eval_conversations=8", "text.eval_samples=3"))
+    task, played = trainer.task, []
+    play = task._play
+
+    def spy(*args, **kwargs):
+        rollout, stats = play(*args, **kwargs)
+        played.append((args[2], len(set(rollout.episode_ids.tolist()))))  # (sampling settings, conversations)
+        return rollout, stats
+
+    monkeypatch.setattr(task, "_play", spy)
+    task.evaluate(trainer.policy)
+    sampled = [n for settings, n in played if settings is None]  # None: the policy's own sampling
+    assert sampled == [3 * 8]
+    assert [n for settings, n in played if settings is not None][0] == 8  # greedy: one per opening
