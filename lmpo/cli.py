@@ -18,18 +18,18 @@ DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "chatbot.yaml
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from lmpo.config import load_config
-    from lmpo.train.trainer import Trainer, read_run_config
+    from lmpo.train.trainer import Trainer, fresh_run_dir, read_run_config
 
     if args.resume:
         run_dir = Path(args.resume)
         overrides = ([args.config] if args.config else []) + args.overrides  # CONFIG slot may hold an override
         cfg = read_run_config(run_dir, overrides)
-        trainer = Trainer(cfg, run_dir=run_dir, resume=True)
     else:
         config, overrides = _config_and_overrides(args)
         cfg = load_config(config, overrides)
-        trainer = Trainer(cfg)
-    print(f"run directory: {trainer.run_dir}")
+        run_dir = fresh_run_dir(cfg)
+    print(f"run directory: {run_dir}")  # before pre-training, which may take minutes
+    trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
     summary = trainer.train()
     if not cfg.is_text:
         print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
@@ -78,13 +78,15 @@ def _config_and_overrides(args: argparse.Namespace) -> tuple[Path, list[str]]:
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
     from lmpo.config import load_config
-    from lmpo.train.trainer import Trainer
+    from lmpo.train.trainer import Trainer, fresh_run_dir
 
     config, overrides = _config_and_overrides(args)
     cfg = load_config(config, overrides)
     if not cfg.is_text:
         raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
-    trainer = Trainer(cfg)  # pre-trains the model and saves it as the frozen reference
+    run_dir = fresh_run_dir(cfg)
+    print(f"run directory: {run_dir}")
+    trainer = Trainer(cfg, run_dir=run_dir)  # pre-trains the model and saves it as the frozen reference
     trainer.save()
     for key, value in trainer.prepare_metrics.items():
         print(f"{key}: {value:.3f}")

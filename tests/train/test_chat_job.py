@@ -33,6 +33,7 @@ def test_train_eval_chat_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert (run / "tokenizer").is_dir() and (run / "reference.safetensors").is_file()
     assert main(["train", "--resume", str(run), "text.kl.coef=0.07"]) == 0  # RL with another KL weight
     out = capsys.readouterr().out
+    assert out.splitlines()[0] == f"run directory: {run}"  # said before pre-training starts
     coefs = {r["charts/kl_coef"] for r in read_metrics(run) if "charts/kl_coef" in r}
     assert coefs == {0.07}  # the override holds (the pre-training checkpoint's 0.02 once won)
     assert read_run_config(run).text.kl.coef == 0.07 and (run / "config-until-iter0.yaml").is_file()
