@@ -6,6 +6,7 @@ Loads from a local directory or a hub id (``from_pretrained``); saves with ``sav
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 from pathlib import Path
 from typing import Any
@@ -45,6 +46,9 @@ class HFCausalLM(nn.Module):
         self.vocab_size = int(model.get_input_embeddings().weight.shape[0])  # type: ignore[operator]
         self.hidden_size = int(config.hidden_size)
         self.native = _native_gpt2(model)
+        # transformers 5.24 renamed the cache argument and output field `past_key_values` -> `cache` (the old
+        # name warns, and goes in 5.40); earlier releases know only the old name
+        self._cache_name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
         # GPT-2's "gelu_new" is the tanh GELU written as seven elementwise ops; PyTorch's kernel is one
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
@@ -58,10 +62,11 @@ class HFCausalLM(nn.Module):
         last = keep
         if isinstance(keep, Tensor):  # the model's head on the columns from the first kept one, then select
             last = keep.shape[1] - int(keep.any(0).int().argmax())
-        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, past_key_values=cache,
-                         use_cache=True, output_hidden_states=True, **({"logits_to_keep": last} if last else {}))
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=True,
+                         output_hidden_states=True, **{self._cache_name: cache},
+                         **({"logits_to_keep": last} if last else {}))
         logits = out.logits[keep[:, -int(last):]] if isinstance(keep, Tensor) else out.logits
-        return logits.float(), out.hidden_states[-1], out.past_key_values
+        return logits.float(), out.hidden_states[-1], getattr(out, self._cache_name)
 
     def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None,
                       keep: int | Tensor) -> tuple[Tensor, Tensor, Any]:
