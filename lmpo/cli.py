@@ -54,9 +54,12 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     cfg = task.cfg
     if cfg.is_text:
         task.prepare(policy, resumed=True)  # the saved reference, for the KL column
+        from lmpo.train.progress import PhaseStatus
         from lmpo.train.report import print_eval_table
 
-        print_eval_table({"after": task.evaluate(policy)}, title=f"{cfg.env.id}  {ckpt_name}")
+        with PhaseStatus("evaluate", enabled=cfg.train.progress) as status:
+            table = task.evaluate(policy, status.part)
+        print_eval_table({"after": table}, title=f"{cfg.env.id}  {ckpt_name}")
         return 0
     from lmpo.train.evaluate import evaluate_policy
 

@@ -36,8 +36,10 @@ CHAT_TEMPLATE = (
 )
 
 
-def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2) -> PreTrainedTokenizerFast:
-    """Train a byte-level BPE (any text encodes, nothing is unknown) with lmpo's special tokens."""
+def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency: int = 2,
+                    show_progress: bool = False) -> PreTrainedTokenizerFast:
+    """Train a byte-level BPE (any text encodes, nothing is unknown) with lmpo's special tokens;
+    ``show_progress``: the ``tokenizers`` trainer's own progress bars."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     if vocab_size < 256 + len(SPECIAL_TOKENS):
@@ -46,7 +48,7 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
                                    additional_special_tokens=[USER, ASSISTANT])

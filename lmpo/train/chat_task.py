@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -75,7 +76,7 @@ class ChatTask:
             tok = AutoTokenizer.from_pretrained(str(self.cfg.policy.path))
             add_chat_tokens(tok)
         else:
-            tok = train_tokenizer(dialogue_texts(self.train), self.t.vocab_size)
+            tok = train_tokenizer(dialogue_texts(self.train), self.t.vocab_size, show_progress=self.cfg.train.progress)
         tok.save_pretrained(saved)
         return tok
 
@@ -156,14 +157,17 @@ class ChatTask:
         return list(zip(conv.history, verdicts, strict=True))
 
     @torch.no_grad()
-    def evaluate(self, policy: LMPolicy) -> dict[str, float]:
-        """Greedy conversations from training and held-out openings, perplexity, diversity, KL to reference."""
+    def evaluate(self, policy: LMPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:
+        """Greedy conversations from training and held-out openings, perplexity, diversity, KL to reference;
+        ``report(part)`` as each part starts."""
         n, out = self.t.eval_conversations, {}
+        say = report or (lambda part: None)
         greedy = self.sampling.as_greedy()
         for split, dialogues in (("train", self.train), ("heldout", self.heldout)):
             chosen = dialogues[:n] if n else dialogues
             if not chosen:
                 continue
+            say(f"greedy replies to {len(chosen)} {'training' if split == 'train' else 'held-out'} openings")
             rollout, stats = self._play(policy, chosen, greedy, None)
             replies = [decode_reply(self.tokenizer, a[m > 0].tolist())
                        for a, m in zip(rollout.actions, rollout.mask, strict=True)]
@@ -171,13 +175,15 @@ class ChatTask:
                         f"eval/{split}_turns": stats.mean_turns, f"eval/{split}_distinct2": distinct_2(replies),
                         f"eval/{split}_reply_tokens": stats.mean_reply_tokens})
         if self.heldout:
+            say("held-out perplexity")
             out["eval/heldout_ppl"] = perplexity(policy, self._encoded(self.heldout), max_len=self.t.pretrain.max_len)
         if self.reference is not None:  # the policy's own sampled replies: what RL optimises, and their KL
+            chosen = self.train[:n] if n else self.train
+            say(f"sampled replies, {self.t.eval_samples} to each of {len(chosen)} training openings")
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
                 torch.manual_seed(self.cfg.seed)
-                _, stats = self._play(policy, self.train[:n] if n else self.train, None, self.reference,
-                                      self.t.eval_samples)
+                _, stats = self._play(policy, chosen, None, self.reference, self.t.eval_samples)
             out["eval/train_sampled_satisfaction"] = stats.satisfaction
             out["eval/kl_ref"] = stats.mean_kl
         out["eval/mean_return"] = out["eval/train_reward"]

@@ -1,10 +1,19 @@
-"""A live progress bar over environment steps, showing the latest training and evaluation return."""
+"""Live progress: a bar over environment steps (training, pre-training) and a status line for phases made
+of parts (evaluation)."""
 
 from __future__ import annotations
 
 from types import TracebackType
 
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
 
 
 class TrainingProgress:
@@ -28,6 +37,28 @@ class TrainingProgress:
         if eval_return is not None:
             info += f"  eval {eval_return:8.2f}"
         self.progress.update(self.task, completed=done, info=info)
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.stop()
+
+
+class PhaseStatus:
+    """A spinner with the phase's current part and the time spent (``part`` is the ``report`` callback
+    of ``Task.evaluate``); silent when ``enabled`` is False."""
+
+    def __init__(self, label: str, enabled: bool = True) -> None:
+        self.progress = Progress(SpinnerColumn(), TextColumn(f"[bold]{label}"), TextColumn("{task.fields[part]}"),
+                                 TimeElapsedColumn(), disable=not enabled, transient=True)
+        self.task = self.progress.add_task(label, total=None, part="")
+
+    def __enter__(self) -> PhaseStatus:
+        self.progress.start()
+        return self
+
+    def part(self, name: str) -> None:
+        """Show the part now running."""
+        self.progress.update(self.task, part=name)
 
     def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
                  tb: TracebackType | None) -> None:

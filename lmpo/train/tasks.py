@@ -8,6 +8,7 @@ that frozen reference by the KL penalty). The loop itself lives in ``trainer.py`
 from __future__ import annotations
 
 import pickle
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -46,8 +47,8 @@ class Task(Protocol):
         """Bookkeeping once the algorithm has updated the policy."""
         ...
 
-    def evaluate(self, policy: Any) -> dict[str, float]:
-        """Deterministic evaluation."""
+    def evaluate(self, policy: Any, report: Callable[[str], None] | None = None) -> dict[str, float]:
+        """Evaluation; ``report(part)`` is called as each part starts (for a progress display)."""
         ...
 
     def state(self) -> bytes | None:
@@ -98,8 +99,10 @@ class ControlTask:
         """Fold the rollout's observations into the normaliser (frozen while collecting and updating)."""
         policy.update_normalizer(rollout.obs)
 
-    def evaluate(self, policy: MLPPolicy) -> dict[str, float]:
+    def evaluate(self, policy: MLPPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:
         """Mean and std of deterministic returns on fresh environments (fixed evaluation seed)."""
+        if report is not None:
+            report(f"{self.cfg.train.eval_episodes} deterministic episodes")
         returns = evaluate_policy(policy, self.cfg.env.id, self.cfg.train.eval_episodes, seed=self.cfg.seed + 10_000,
                                   kwargs=self.cfg.env.kwargs)
         return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std())}

@@ -17,7 +17,7 @@ from lmpo.config import Config, ConfigError, apply_overrides, build_config
 from lmpo.core import estimate_advantages, explained_variance
 from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
 from lmpo.train.logging import MetricsLogger
-from lmpo.train.progress import TrainingProgress
+from lmpo.train.progress import PhaseStatus, TrainingProgress
 from lmpo.train.runtime import autocast, tune_allocator
 from lmpo.train.tasks import make_task
 
@@ -96,6 +96,7 @@ class Trainer:
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
         self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0
         self.last_eval: float | None = None
+        self._bar: TrainingProgress | None = None  # the training bar while it is live
         self._saved_iteration: int | None = None
         if state is not None:
             self._restore(state)
@@ -126,6 +127,7 @@ class Trainer:
             before = self.evaluate()
             self.logger.log(0, {"iteration": 0, **self.prepare_metrics, **before})
         with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress) as bar:
+            self._bar = bar
             while self.task.steps < total:
                 t0 = time.perf_counter()
                 progress = self.task.steps / total
@@ -158,6 +160,7 @@ class Trainer:
                 bar.update(self.task.steps, record.get("charts/episode_return"), self.last_eval)
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
+            self._bar = None
         if self._saved_iteration != self.iteration:
             self.save()
         final = self.evaluate()
@@ -185,7 +188,12 @@ class Trainer:
         self.policy.eval()
         start = time.perf_counter()
         with torch.random.fork_rng():
-            out = self.task.evaluate(self.policy)
+            if self._bar is not None:  # a periodic evaluation: said on the training bar (rich 13 refuses a 2nd live)
+                bar, steps = self._bar, self.task.steps
+                out = self.task.evaluate(self.policy, lambda part: bar.update(steps, None, None, f"evaluating: {part}"))
+            else:
+                with PhaseStatus("evaluate", enabled=self.cfg.train.progress) as status:
+                    out = self.task.evaluate(self.policy, status.part)
         self.last_eval = out["eval/mean_return"]
         self._eval_time += time.perf_counter() - start
         return out

@@ -125,3 +125,20 @@ def test_sampled_evaluation_plays_eval_samples_per_opening(tmp_path: Path, monke
     sampled = [n for settings, n in played if settings is None]  # None: the policy's own sampling
     assert sampled == [3 * 8]
     assert [n for settings, n in played if settings is not None][0] == 8  # greedy: one per opening
+
+
+def test_evaluation_reports_its_parts(tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(tmp_path, "name=parts", "text.eval_conversations=8", "text.eval_samples=2"))
+    parts: list[str] = []
+    trainer.task.evaluate(trainer.policy, parts.append)
+    assert parts == ["greedy replies to 8 training openings", f"greedy replies to {len(trainer.task.heldout)} "
+                     "held-out openings", "held-out perplexity", "sampled replies, 2 to each of 8 training openings"]
+
+
+def test_live_progress_with_periodic_evaluation(tmp_path: Path) -> None:
+    # evaluations inside the live training bar report on it (rich 13 refuses a second live display)
+    trainer = Trainer(_cfg(tmp_path, "name=live", "train.progress=true", "train.eval_every=16",
+                           "text.eval_conversations=4"))
+    summary = trainer.train()
+    evaluated = [r for r in read_metrics(trainer.run_dir) if "eval/train_satisfaction" in r]
+    assert len(evaluated) >= 3 and summary["iterations"] > 0  # before, periodic, final
