@@ -4,6 +4,7 @@ of parts (evaluation)."""
 from __future__ import annotations
 
 from types import TracebackType
+from typing import Self
 
 from rich.progress import (
     BarColumn,
@@ -16,7 +17,21 @@ from rich.progress import (
 )
 
 
-class TrainingProgress:
+class _Live:
+    """Starts and stops ``self.progress`` (a rich ``Progress``) as a context manager."""
+
+    progress: Progress
+
+    def __enter__(self) -> Self:
+        self.progress.start()
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.progress.stop()
+
+
+class TrainingProgress(_Live):
     """Context manager around a rich progress bar; silent when ``enabled`` is False."""
 
     def __init__(self, total: int, done: int, enabled: bool = True, label: str = "train") -> None:
@@ -26,10 +41,6 @@ class TrainingProgress:
         )
         self.task = self.progress.add_task("train", total=total, completed=done, info="")
 
-    def __enter__(self) -> TrainingProgress:
-        self.progress.start()
-        return self
-
     def update(self, done: int, episode_return: float | None, eval_return: float | None, info: str = "") -> None:
         """Move the bar to ``done`` steps and show the latest returns (or ``info``)."""
         if episode_return is not None:
@@ -38,12 +49,8 @@ class TrainingProgress:
             info += f"  eval {eval_return:8.2f}"
         self.progress.update(self.task, completed=done, info=info)
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.progress.stop()
 
-
-class PhaseStatus:
+class PhaseStatus(_Live):
     """A spinner with the phase's current part and the time spent (``part`` is the ``report`` callback
     of ``Task.evaluate``); silent when ``enabled`` is False."""
 
@@ -52,14 +59,6 @@ class PhaseStatus:
                                  TimeElapsedColumn(), disable=not enabled, transient=True)
         self.task = self.progress.add_task(label, total=None, part="")
 
-    def __enter__(self) -> PhaseStatus:
-        self.progress.start()
-        return self
-
     def part(self, name: str) -> None:
         """Show the part now running."""
         self.progress.update(self.task, part=name)
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
-        self.progress.stop()
