@@ -163,8 +163,8 @@ class ChatTask:
         n, out = self.t.eval_conversations, {}
         say = report or (lambda part: None)
         greedy = self.sampling.as_greedy()
-        for split, dialogues in (("train", self.train), ("heldout", self.heldout)):
-            chosen = dialogues[:n] if n else dialogues
+        openings = {split: d[:n] if n else d for split, d in (("train", self.train), ("heldout", self.heldout))}
+        for split, chosen in openings.items():
             if not chosen:
                 continue
             say(f"greedy replies to {len(chosen)} {'training' if split == 'train' else 'held-out'} openings")
@@ -178,7 +178,7 @@ class ChatTask:
             say("held-out perplexity")
             out["eval/heldout_ppl"] = perplexity(policy, self._encoded(self.heldout), max_len=self.t.pretrain.max_len)
         if self.reference is not None:  # the policy's own sampled replies: what RL optimises, and their KL
-            chosen = self.train[:n] if n else self.train
+            chosen = openings["train"]
             say(f"sampled replies, {self.t.eval_samples} to each of {len(chosen)} training openings")
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
