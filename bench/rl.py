@@ -88,10 +88,9 @@ def run_lmpo(algo: str, assets: Path, steps: int, precision: str) -> dict[str, A
     from lmpo.config import AdvantageConfig, PPOConfig, ReinforceConfig
     from lmpo.core import estimate_advantages, kl_penalized_rewards
     from lmpo.policies import SamplingConfig, generate
-    from lmpo.policies.generation import to_rollout
+    from lmpo.policies.generation import left_pad, to_rollout
     from lmpo.policies.hf import load_hf_policy
     from lmpo.train.runtime import autocast, tune_allocator
-    from lmpo.train.text import left_pad
 
     tune_allocator()
     tok, rm, prompts = load_assets(assets)
@@ -135,9 +134,9 @@ def run_floor(assets: Path, precision: str) -> dict[str, float]:
     prompts + completions (the least that sampling them costs, and what the reference's log-probs cost),
     the reward model, and one forward + backward (a gradient step)."""
     from lmpo.policies import SamplingConfig
+    from lmpo.policies.generation import left_pad
     from lmpo.policies.hf import load_hf_policy
     from lmpo.train.runtime import autocast, tune_allocator
-    from lmpo.train.text import left_pad
 
     tune_allocator()
     tok, rm, prompts = load_assets(assets)

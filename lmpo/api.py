@@ -6,16 +6,17 @@ from pathlib import Path
 from typing import Any
 
 
-def load_run(run_dir: str | Path, device: str | None = None) -> tuple[Any, Any, str]:
+def load_run(run_dir: str | Path, device: str | None = None, overrides: list[str] | None = None
+             ) -> tuple[Any, Any, str]:
     """``(task, policy, checkpoint name)`` of a run's latest checkpoint, the policy in eval mode on
-    ``device`` (default: the run's ``train.device``)."""
+    ``device`` (default: the run's ``train.device``); ``overrides`` (``seed=7``) change the run's config."""
     from lmpo.config import ConfigError
     from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint
     from lmpo.train.tasks import make_task
     from lmpo.train.trainer import read_run_config, resolve_device
 
     run_dir = Path(run_dir)
-    cfg = read_run_config(run_dir)
+    cfg = read_run_config(run_dir, overrides)
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")

@@ -1,4 +1,4 @@
-"""The ``lmpo`` command: ``train``, ``pretrain``, ``eval``, ``chat`` and ``plot``.
+"""The ``lmpo`` command: ``train``, ``pretrain``, ``eval``, ``chat``, ``plot`` and ``recipes``.
 
 Every user mistake (bad key, wrong type, unknown environment or algorithm, missing file) ends with exit
 code 2 and one line naming the problem, never a traceback.
@@ -7,17 +7,102 @@ code 2 and one line naming the problem, never a traceback.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import sys
+from collections.abc import Callable, Iterator
+from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from lmpo.config import ConfigError
 
+if TYPE_CHECKING:
+    from lmpo.config import Config
+    from lmpo.data import Turn
+
 EXIT_USAGE = 2
-DEFAULT_RECIPE = Path(__file__).resolve().parents[1] / "configs" / "chatbot.yaml"
+DEFAULT_RECIPE_NAME = "chatbot"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
+CONTROL_EVAL_EPISODES = 10
+CONTROL_EVAL_SEED = 12345
+MAX_TOOL_CALLS = 4  # tool calls the bot may make in one chat turn before it must answer
+HISTORY_FILE = "~/.lmpo_history"
+CHAT_COMMANDS = {"/help": "list these commands", "/reset": "forget the conversation and start over",
+                 "/quit": "leave (so do Ctrl-D and Ctrl-C)"}
 
 
-def _cmd_train(args: argparse.Namespace) -> int:
+# ------------------------------------------------------------------------------------------- recipes
+def builtin_recipes() -> dict[str, Traversable]:
+    """The recipes shipped in ``lmpo/configs/``, by name (file name without ``.yaml``), sorted."""
+    folder = resources.files("lmpo") / "configs"
+    names = {f.name.removesuffix(".yaml"): f for f in folder.iterdir() if f.name.endswith(".yaml")}
+    return dict(sorted(names.items()))
+
+
+def recipe_description(recipe: Traversable) -> str:
+    """The first ``# ...`` comment line of a recipe (every recipe starts with comments saying what it does),
+    with "..." where the sentence goes on."""
+    comments = [line.lstrip("#").strip() for line in recipe.read_text().splitlines() if line.startswith("#")]
+    if not comments:
+        return ""
+    continued = len(comments) > 1 and not comments[0].endswith(".")
+    return comments[0] + (" ..." if continued else "")
+
+
+def resolve_recipe(name_or_path: str | None) -> Traversable:
+    """A recipe file: an existing path wins, else a built-in recipe name (None: the default recipe)."""
+    recipes = builtin_recipes()
+    if name_or_path is None:
+        name_or_path = DEFAULT_RECIPE_NAME
+    elif Path(name_or_path).is_file():
+        return Path(name_or_path)
+    name = name_or_path.removesuffix(".yaml")
+    if name in recipes and len(Path(name_or_path).parts) == 1:  # configs/chatbot.yaml names a file, not a recipe
+        return recipes[name]
+    raise ConfigError(f"no recipe file or built-in recipe named {name_or_path} (built-in: {', '.join(recipes)})")
+
+
+def load_recipe(recipe: Traversable, overrides: list[str]) -> Config:
+    """The validated config of a recipe file (a path or a built-in recipe) with dotted overrides."""
     from lmpo.config import load_config
+
+    with resources.as_file(recipe) as path:  # the file itself for an installed package
+        return load_config(path, overrides)
+
+
+def _config_and_overrides(args: argparse.Namespace) -> tuple[Traversable, list[str]]:
+    """CONFIG is optional: ``lmpo train algo.lr=1e-4`` overrides the default recipe."""
+    if args.config is not None and "=" in args.config and not Path(args.config).exists():
+        return resolve_recipe(None), [args.config, *args.overrides]
+    return resolve_recipe(args.config), args.overrides
+
+
+def _cmd_recipes(args: argparse.Namespace) -> int:
+    recipes = builtin_recipes()
+    if args.action != "cp":
+        labels = {name: f"{name} (default)" if name == DEFAULT_RECIPE_NAME else name for name in recipes}
+        width = max(map(len, labels.values()))
+        for name, recipe in recipes.items():
+            print(f"{labels[name]:<{width}}  {recipe_description(recipe)}")
+        return 0
+    if args.name not in recipes:
+        raise ConfigError(f"no built-in recipe named {args.name} (built-in: {', '.join(recipes)})")
+    dest = Path(args.dest) if args.dest else Path(f"{args.name}.yaml")
+    if dest.is_dir():
+        dest = dest / f"{args.name}.yaml"
+    try:
+        with dest.open("x") as f:  # "x": never overwrite a file someone may have edited
+            f.write(recipes[args.name].read_text())
+    except FileExistsError:
+        raise ConfigError(f"{dest} already exists (not overwritten); choose another DEST") from None
+    except OSError as e:
+        raise ConfigError(f"cannot write {dest}: {e.strerror}") from None
+    print(f"copied {args.name} to {dest}; edit it, then: lmpo train {dest}")
+    return 0
+
+
+# -------------------------------------------------------------------------------------- train, eval
+def _cmd_train(args: argparse.Namespace) -> int:
     from lmpo.train.trainer import Trainer, fresh_run_dir, read_run_config
 
     if args.resume:
@@ -25,8 +110,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         overrides = ([args.config] if args.config else []) + args.overrides  # CONFIG slot may hold an override
         cfg = read_run_config(run_dir, overrides)
     else:
-        config, overrides = _config_and_overrides(args)
-        cfg = load_config(config, overrides)
+        cfg = load_recipe(*_config_and_overrides(args))
         run_dir = fresh_run_dir(cfg)
     print(f"run directory: {run_dir}")  # before pre-training, which may take minutes
     trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
@@ -35,10 +119,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
         print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
               f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")
         return 0
-    from lmpo.train.chat_task import ChatTask
     from lmpo.train.report import print_eval_table, print_transcript
+    from lmpo.train.text_task import TextTask
 
-    assert isinstance(trainer.task, ChatTask)  # cfg.is_text
+    assert isinstance(trainer.task, TextTask)  # cfg.is_text
     after = {k: v for k, v in summary.items() if k.startswith("eval/")}
     print_eval_table({"before RL": summary["before"], "after RL": after} if summary["before"] else {"after": after},
                      title=f"{cfg.env.id}: {cfg.algo.name} on a {cfg.policy.kind} policy")
@@ -47,44 +131,46 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _text_eval_overrides(args: argparse.Namespace) -> list[str]:
+    """A text run's evaluation settings from the command line (its own where not given)."""
+    overrides = [] if args.seed is None else [f"seed={args.seed}"]
+    return overrides + ([] if args.episodes is None else [f"text.eval_conversations={args.episodes}"])
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
     from lmpo.api import load_run
+    from lmpo.train.trainer import read_run_config
 
-    task, policy, ckpt_name = load_run(args.run_dir)
-    cfg = task.cfg
-    if cfg.is_text:
+    if read_run_config(Path(args.run_dir)).is_text:
+        if args.stochastic:
+            raise ConfigError("--stochastic is for control runs (a text run's evaluation reports both greedy "
+                              "and sampled replies)")
+        task, policy, ckpt_name = load_run(args.run_dir, overrides=_text_eval_overrides(args))
+        cfg = task.cfg
         task.prepare(policy, resumed=True)  # the saved reference, for the KL column
         from lmpo.train.progress import PhaseStatus
         from lmpo.train.report import print_eval_table
 
         with PhaseStatus("evaluate", enabled=cfg.train.progress) as status:
             table = task.evaluate(policy, status.part)
-        print_eval_table({"after": table}, title=f"{cfg.env.id}  {ckpt_name}")
+        print_eval_table({"after": table}, title=f"{cfg.env.id}  {ckpt_name}  seed {cfg.seed}")
         return 0
     from lmpo.train.evaluate import evaluate_policy
 
-    returns = evaluate_policy(policy, cfg.env.id, args.episodes, args.seed, cfg.env.kwargs,
+    task, policy, ckpt_name = load_run(args.run_dir)
+    cfg = task.cfg
+    seed = CONTROL_EVAL_SEED if args.seed is None else args.seed
+    returns = evaluate_policy(policy, cfg.env.id, args.episodes or CONTROL_EVAL_EPISODES, seed, cfg.env.kwargs,
                               deterministic=not args.stochastic)
     print(f"{cfg.env.id}  {ckpt_name}  episodes {len(returns)}  "
           f"return {returns.mean():.2f} +/- {returns.std():.2f}  (min {returns.min():.2f}, max {returns.max():.2f})")
     return 0
 
 
-def _config_and_overrides(args: argparse.Namespace) -> tuple[Path, list[str]]:
-    """CONFIG is optional: ``lmpo train algo.lr=1e-4`` overrides the default recipe."""
-    if args.config is None:
-        return DEFAULT_RECIPE, args.overrides
-    if "=" in args.config and not Path(args.config).exists():
-        return DEFAULT_RECIPE, [args.config, *args.overrides]
-    return Path(args.config), args.overrides
-
-
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from lmpo.config import load_config
     from lmpo.train.trainer import Trainer, fresh_run_dir
 
-    config, overrides = _config_and_overrides(args)
-    cfg = load_config(config, overrides)
+    cfg = load_recipe(*_config_and_overrides(args))
     if not cfg.is_text:
         raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
     run_dir = fresh_run_dir(cfg)
@@ -97,37 +183,107 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     return 0
 
 
-def _cmd_chat(args: argparse.Namespace) -> int:
-    from lmpo.api import load
-    from lmpo.data import Turn
-    from lmpo.policies import SamplingConfig
-    from lmpo.train.text import generate_replies
+# --------------------------------------------------------------------------------------------- chat
+@contextlib.contextmanager
+def line_history(path: Path) -> Iterator[None]:
+    """Line editing and a history kept in ``path`` through ``readline`` where the platform has it; the history
+    is saved only where it can be, and never fails the chat."""
+    try:
+        import readline
+    except ImportError:  # Windows without pyreadline: plain input()
+        yield
+        return
+    with contextlib.suppress(OSError):  # no history yet, or unreadable
+        readline.read_history_file(path)
+    readline.set_history_length(1000)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):  # not writable: the history is not kept
+            readline.write_history_file(path)
 
-    policy, tokenizer = load(args.run_dir)
-    if tokenizer is None:
-        raise ConfigError(f"{args.run_dir} is not a dialogue run")
-    sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                              max_new_tokens=args.max_new_tokens, min_new_tokens=1)
-    print("Talk to the bot. /reset starts over, /quit (or end of input) leaves.")
+
+def chat_loop(reply: Callable[[list[Turn]], list[Turn]], read: Callable[[str], str] | None = None) -> int:
+    """Talk until /quit, end of input or Ctrl-C: ``reply(history)`` gives the bot's turn (its lines and the
+    results of the tools it called), ``read(prompt)`` the person's line (default ``input``). Returns the exit
+    code (0)."""
+    from lmpo.data import Turn
+
+    read = read or input
     history: list[Turn] = []
-    while True:
-        try:
-            line = input("you: ").strip()
-        except EOFError:
-            print()
-            return 0
-        if line == "/quit":
-            return 0
-        if line == "/reset":
-            history = []
-            print("(history cleared)")
-            continue
-        if not line:
-            continue
-        history.append(Turn("user", line))
-        _, _, (reply,) = generate_replies(policy, tokenizer, [history], args.max_context, sampling)
-        history.append(Turn("assistant", reply))
-        print(f"bot: {reply}")
+    try:
+        while True:
+            line = read("you: ").strip()
+            if line == "/quit":
+                print("bye")
+                return 0
+            if line == "/help":
+                for command, meaning in CHAT_COMMANDS.items():
+                    print(f"  {command:<7} {meaning}")
+            elif line == "/reset":
+                history = []
+                print("(history cleared)")
+            elif line.startswith("/"):
+                print(f"(unknown command {line.split()[0]}; /help lists the commands)")
+            elif line:
+                history.append(Turn("user", line))
+                for turn in reply(history):
+                    history.append(turn)
+                    print(f"{'tool' if turn.role == 'tool' else 'bot'}: {turn.content}")
+    except (EOFError, KeyboardInterrupt):  # Ctrl-D or Ctrl-C: leaving, not an error
+        print("\nbye")
+        return 0
+
+
+def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]], list[Turn]]:
+    """The bot of a text run: its next turn after a history, sampled as the command line says; a tool call (a
+    Support bot's lookup) is answered by the run's environment and the bot goes on, as in training."""
+    from lmpo.api import load_run
+    from lmpo.data import Turn, decode_reply, encode_prompt
+    from lmpo.policies import SamplingConfig, generate
+    from lmpo.policies.generation import left_pad
+
+    try:
+        sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                                  max_new_tokens=args.max_new_tokens, min_new_tokens=1)
+    except ValueError:
+        raise ConfigError("invalid sampling settings: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 "
+                          "and --max-new-tokens >= 1") from None
+    task, policy, _ = load_run(run_dir)
+    tokenizer = getattr(task, "tokenizer", None)
+    if tokenizer is None:
+        raise ConfigError(f"{run_dir} is not a dialogue run")
+
+    def reply(history: list[Turn]) -> list[Turn]:
+        turns: list[Turn] = []
+        for _ in range(MAX_TOOL_CALLS + 1):
+            prompt = encode_prompt(tokenizer, history + turns, args.max_context)  # the last max_context tokens
+            gen = generate(policy, left_pad([prompt], policy.pad_id), sampling)
+            turns.append(Turn("assistant", decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())))
+            result = task.env.tool(turns[-1].content)
+            if result is None:
+                break
+            turns.append(result)
+        return turns
+
+    return reply
+
+
+def _cmd_chat(args: argparse.Namespace) -> int:
+    try:
+        reply = _chat_reply(args.run_dir, args)
+    except KeyboardInterrupt:  # while the model loads
+        print("\nbye")
+        return 0
+    top_k = args.top_k or "off"
+    top_p = args.top_p if args.top_p < 1 else "off"
+    print(f"sampling: temperature {args.temperature}, top-k {top_k}, top-p {top_p}, "
+          f"max new tokens {args.max_new_tokens}")
+    print("Talk to the bot. /help lists the commands, /reset starts over, /quit (or end of input) leaves.")
+    if not sys.stdin.isatty():  # piped input: no line editing, and no history to keep
+        return chat_loop(reply)
+    with line_history(Path(HISTORY_FILE).expanduser()):
+        return chat_loop(reply)
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
@@ -138,17 +294,20 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------------------------- parser
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of ``lmpo``."""
     parser = argparse.ArgumentParser(prog="lmpo", description="Policy optimisation: REINFORCE, TRPO, PPO.")
     sub = parser.add_subparsers(dest="command", required=True)
-    p = sub.add_parser("train", help="train from a YAML config, or resume a run")
-    p.add_argument("config", nargs="?", help="YAML recipe (default: configs/chatbot.yaml, the dialogue job)")
+    recipe_help = (f"YAML recipe file or built-in recipe name (default: {DEFAULT_RECIPE_NAME}; "
+                   "lmpo recipes lists them)")
+    p = sub.add_parser("train", help="train from a recipe, or resume a run")
+    p.add_argument("config", nargs="?", help=recipe_help)
     p.add_argument("overrides", nargs="*", help="dotted overrides such as algo.lr=3e-4")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue the run in RUN_DIR from its last checkpoint")
     p.set_defaults(fn=_cmd_train)
     p = sub.add_parser("pretrain", help="pre-train a dialogue model (the start of RL and its reference)")
-    p.add_argument("config", nargs="?", help="YAML recipe (default: configs/chatbot.yaml)")
+    p.add_argument("config", nargs="?", help=recipe_help)
     p.add_argument("overrides", nargs="*", help="dotted overrides such as text.pretrain.epochs=4")
     p.set_defaults(fn=_cmd_pretrain)
     p = sub.add_parser("chat", help="talk to a trained dialogue model in the terminal")
@@ -161,30 +320,51 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(fn=_cmd_chat)
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
     p.add_argument("run_dir")
-    p.add_argument("--episodes", type=int, default=10, help="episodes to run (default 10)")
-    p.add_argument("--seed", type=int, default=12345, help="seed of the evaluation environments")
-    p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode")
+    p.add_argument("--episodes", "--conversations", type=int, default=None,
+                   help=f"episodes of a control run (default {CONTROL_EVAL_EPISODES}); conversations per split of a "
+                        "text run (default: the run's text.eval_conversations)")
+    p.add_argument("--seed", type=int, default=None,
+                   help=f"seed of the evaluation (default: {CONTROL_EVAL_SEED} for control runs, the run's own "
+                        "seed for text runs)")
+    p.add_argument("--stochastic", action="store_true", help="sample actions instead of taking the mode (control runs)")
     p.set_defaults(fn=_cmd_eval)
     p = sub.add_parser("plot", help="write a PNG of a run's learning curves")
     p.add_argument("run_dir")
     p.add_argument("-o", "--output", help="PNG path (default RUN_DIR/curves.png)")
     p.set_defaults(fn=_cmd_plot)
+    p = sub.add_parser("recipes", help="list the built-in recipes, or copy one out to edit")
+    actions = p.add_subparsers(dest="action")
+    actions.add_parser("ls", help="list the built-in recipes (the default)")
+    cp = actions.add_parser("cp", help="copy a built-in recipe to a file to edit")
+    cp.add_argument("name", help="built-in recipe name")
+    cp.add_argument("dest", nargs="?", help="file or directory to copy to (default ./NAME.yaml); never overwritten")
+    p.set_defaults(fn=_cmd_recipes)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     args = build_parser().parse_args(argv)
-    if getattr(args, "episodes", 1) < 1:
+    if getattr(args, "episodes", None) is not None and args.episodes < 1:
         print("lmpo: error: --episodes must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    from lmpo.data.corpus import CorpusError
+    from lmpo.envs.knowledge import KnowledgeBaseError
+    from lmpo.rewards import RewardError
+
     try:
         return int(args.fn(args))
-    except ConfigError as e:
+    except (ConfigError, CorpusError, KnowledgeBaseError) as e:  # the user's file or setting: one line
         print(f"lmpo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
+    except RewardError as e:  # a user's reward function failed: theirs to fix, then --resume
+        print(f"lmpo: error: {e}", file=sys.stderr)
+        if not e.user:
+            raise
+        return EXIT_USAGE
     except KeyboardInterrupt:
-        print("lmpo: interrupted (resume with lmpo train --resume RUN_DIR)", file=sys.stderr)
+        resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""
+        print(f"lmpo: interrupted{resume}", file=sys.stderr)
         return 130
 
 

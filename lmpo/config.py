@@ -45,7 +45,6 @@ class EnvConfig(Section):
         return v
 
 
-TEXT_ENVS = ("lmpo/Chatbot-v0",)
 LM_KINDS = ("gru", "lstm", "transformer", "hf")
 
 
@@ -86,12 +85,6 @@ class KLSection(Section):
     horizon: int = Field(10_000, ge=1, description="Adaptive controller's horizon in replies (Ziegler 2019).")
 
 
-class UserSection(Section):
-    satisfied_at: float = Field(0.6, ge=0, le=1, description="Token F1 at which the user is satisfied.")
-    neutral_at: float = Field(0.3, ge=0, le=1, description="Token F1 at which the user is neutral.")
-    max_turns: int = Field(3, ge=1, description="Most bot replies per conversation.")
-
-
 class PretrainSection(Section):
     epochs: int = Field(8, ge=0, description="Supervised epochs before RL (0: none).")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
@@ -101,9 +94,6 @@ class PretrainSection(Section):
 
 
 class TextConfig(Section):
-    categories: list[str] | None = Field(None, description="chatterbot-corpus categories (None: all).")
-    jsonl: str | None = Field(None, description="Your own dialogues (chat-messages JSONL) instead of the corpus.")
-    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Conversations held out from training.")
     vocab_size: int = Field(2048, ge=262, description="BPE vocabulary size of a tokenizer trained here.")
     tokenizer: str | None = Field(
         None, description="Directory of an existing chat tokenizer (None: an hf policy's own, or one trained here)."
@@ -111,14 +101,25 @@ class TextConfig(Section):
     pretrain: PretrainSection = Field(default_factory=PretrainSection)
     sampling: SamplingSection = Field(default_factory=SamplingSection)
     kl: KLSection = Field(default_factory=KLSection)
-    user: UserSection = Field(default_factory=UserSection)
+    rewards: list[dict[str, Any]] | None = Field(
+        None, description="The reward: a weighted sum of reward functions, each {name: <registered name, "
+        "module:function or file.py:function>, weight: 1.0, <its settings>} (None: the environment's default).")
     conversations_per_update: int = Field(16, ge=1, description="Opening lines drawn (with replacement) per update.")
     samples_per_prompt: int = Field(4, ge=1, description="Conversations played from each opening line.")
     max_prompt_tokens: int = Field(96, ge=8, description="Dialogue history kept in a prompt (the last tokens).")
     eval_conversations: int = Field(0, ge=0, description="Conversations per evaluation split (0: all).")
-    eval_samples: int = Field(4, ge=1, description="Sampled conversations per training opening for the sampled "
-                              "satisfaction and the KL to the reference (one: a standard error of about 0.02 on "
-                              "300 openings; four halve the sampling noise).")
+    eval_samples: int = Field(4, ge=1, description="Sampled conversations per example for the sampled satisfaction "
+                              "and the KL to the reference (one: a standard error of about 0.02 on 300 examples; "
+                              "four halve the sampling noise).")
+
+    @field_validator("rewards")
+    @classmethod
+    def _rewards(cls, v: list[dict[str, Any]] | None) -> list[dict[str, Any]] | None:
+        if v is not None:
+            from lmpo.rewards.registry import WeightedReward
+
+            WeightedReward.from_specs(v)  # a RewardError (a ValueError) names the problem
+        return v
 
 
 class AdvantageConfig(Section):
@@ -221,8 +222,10 @@ class Config(Section):
 
     @property
     def is_text(self) -> bool:
-        """Whether the environment is one of lmpo's text environments."""
-        return self.env.id in TEXT_ENVS
+        """Whether the environment is a text environment (registered with ``lmpo.envs.register_text_env``)."""
+        from lmpo.envs.text import text_env
+
+        return text_env(self.env.id) is not None
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -237,7 +240,7 @@ class Config(Section):
         if self.policy.kind != "mlp":
             raise ValueError(f"policy.kind {self.policy.kind!r} is for text environments; use 'mlp'")
         if self.text is not None:
-            raise ValueError("the text section is for text environments (env.id lmpo/Chatbot-v0)")
+            raise ValueError("the text section is for text environments (such as lmpo/Support-v0)")
         if self.train.precision != "fp32":
             raise ValueError("train.precision bf16 is for language-model policies (text environments)")
         adv = self.algo.advantage
@@ -256,11 +259,11 @@ class Config(Section):
         return self
 
 
-def _format_error(e: ValidationError) -> str:
+def _format_error(e: ValidationError, prefix: str = "") -> str:
     """One line per problem: ``where: what``."""
     parts = []
     for err in e.errors():
-        loc = ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
+        loc = prefix + ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
         loc = ".".join(p for p in loc.split(".") if p not in ("reinforce", "trpo", "ppo")) or "config"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
@@ -305,9 +308,18 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 def build_config(data: dict[str, Any]) -> Config:
     """Validate a nested dict; raises ``ConfigError`` with one clear line."""
     try:
-        return Config.model_validate(data)
+        cfg = Config.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"invalid config: {_format_error(e)}") from None
+    from lmpo.envs.text import text_env
+
+    family = text_env(cfg.env.id)
+    if family is not None:  # a text environment's own settings
+        try:
+            family.Settings.model_validate(cfg.env.kwargs)
+        except ValidationError as e:
+            raise ConfigError(f"invalid config: {_format_error(e, 'env.kwargs.')}") from None
+    return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
@@ -330,7 +342,7 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
 def reference_markdown() -> str:
     """``docs/configuration.md``: every section's keys, defaults and descriptions, from the models above."""
 
-    def table(model: type[Section], title: str, subsections: bool = False) -> list[str]:
+    def table(model: type[BaseModel], title: str, subsections: bool = False) -> list[str]:
         rows = [f"## `{title}`", "", "| key | default | description |", "|---|---|---|"]
         for key, f in model.model_fields.items():
             if key == "name" or subsections and isinstance(f.annotation, type) and issubclass(f.annotation, Section):
@@ -351,8 +363,12 @@ def reference_markdown() -> str:
     for algo in (ReinforceConfig, TRPOConfig, PPOConfig):
         lines += table(algo, f"algo (name: {algo.model_fields['name'].default})")
     lines += table(AdvantageConfig, "algo.advantage")
-    lines += table(TextConfig, "text (lmpo/Chatbot-v0 only)", subsections=True)
+    lines += table(TextConfig, "text (text environments only)", subsections=True)
     for key, f in TextConfig.model_fields.items():
         if isinstance(f.annotation, type) and issubclass(f.annotation, Section):
             lines += table(f.annotation, f"text.{key}")
+    from lmpo.envs.text import registered_text_envs
+
+    for env_id, family in registered_text_envs().items():
+        lines += table(family.Settings, f"env.kwargs ({env_id})")
     return "\n".join(lines)

@@ -1,14 +1,19 @@
-"""The lmpo command: train, eval, plot, and exit code 2 with one line for every user mistake."""
+"""The lmpo command: train, eval, plot, chat, and exit code 2 with one line for every user mistake."""
 
+import builtins
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from lmpo.cli import main
+import lmpo.api
+import lmpo.cli
+from lmpo.cli import CHAT_COMMANDS, chat_loop, line_history, main
+from lmpo.data import Turn
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "lmpo" / "configs"
 
 
 def _run(*args: str) -> subprocess.CompletedProcess:
@@ -25,6 +30,10 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     ["eval", "/no/such/run"],
     ["plot", "/no/such/run"],
     ["train", "--resume", "/no/such/run"],
+    ["train", "cartpole-ddpg"],
+    ["pretrain", "cartpole-ddpg"],
+    ["eval", "/no/such/run", "--episodes", "0"],
+    ["recipes", "cp", "cartpole-ddpg"],
 ])
 def test_user_errors_exit_2_with_one_line(args: list[str]) -> None:
     out = _run(*args)
@@ -47,6 +56,8 @@ def test_train_eval_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert (tmp_path / "cartpole-ppo-1" / "config.yaml").is_file()
     assert main(["eval", str(run), "--episodes", "3"]) == 0
     assert "episodes 3" in capsys.readouterr().out
+    assert main(["eval", str(run), "--seed", "7"]) == 0
+    assert "episodes 10" in capsys.readouterr().out  # the default for control runs
     assert main(["plot", str(run)]) == 0
     png = run / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,12 +80,132 @@ def test_tensorboard_has_the_metrics(tmp_path: Path) -> None:
 def test_config_slot_may_hold_an_override(tmp_path: Path) -> None:
     import argparse
 
-    from lmpo.cli import DEFAULT_RECIPE, _config_and_overrides
+    from lmpo.cli import DEFAULT_RECIPE_NAME, _config_and_overrides, builtin_recipes
 
     def parse(config, *overrides):
         return _config_and_overrides(argparse.Namespace(config=config, overrides=list(overrides)))
 
-    assert parse(None) == (DEFAULT_RECIPE, [])
-    assert parse("algo.lr=1e-4", "seed=2") == (DEFAULT_RECIPE, ["algo.lr=1e-4", "seed=2"])
+    default = builtin_recipes()[DEFAULT_RECIPE_NAME]
+    assert parse(None) == (default, [])
+    assert parse("algo.lr=1e-4", "seed=2") == (default, ["algo.lr=1e-4", "seed=2"])
     assert parse("configs/cartpole-ppo.yaml", "seed=2") == (Path("configs/cartpole-ppo.yaml"), ["seed=2"])
-    assert DEFAULT_RECIPE.is_file() and DEFAULT_RECIPE.name == "chatbot.yaml"
+    assert parse("cartpole-ppo", "seed=2") == (builtin_recipes()["cartpole-ppo"], ["seed=2"])
+    assert default.is_file() and default.name == f"{DEFAULT_RECIPE_NAME}.yaml"
+
+
+# ------------------------------------------------------------------------------------------------ chat
+def _script(*lines: str | type[BaseException]):
+    """An ``input`` that returns the given lines, or raises the given exception, one per call."""
+    it: Iterator[str | type[BaseException]] = iter(lines)
+
+    def read(prompt: str) -> str:
+        item = next(it)
+        if isinstance(item, type):
+            raise item
+        return item
+
+    return read
+
+
+def test_chat_loop_commands(capsys: pytest.CaptureFixture[str]) -> None:
+    seen: list[list[tuple[str, str]]] = []
+
+    def reply(history):
+        seen.append([(t.role, t.content) for t in history])
+        return [Turn("assistant", f"reply {len(seen)}")]
+
+    assert chat_loop(reply, _script("Hello", "/help", "/nope", "", "Again", "/reset", "Hi", "/quit", "never")) == 0
+    out = capsys.readouterr().out
+    assert all(command in out for command in CHAT_COMMANDS) and "/help" in CHAT_COMMANDS
+    assert "(unknown command /nope; /help lists the commands)" in out and "(history cleared)" in out
+    assert out.count("bot: ") == 3 and out.rstrip().endswith("bye")
+    assert seen == [[("user", "Hello")],
+                    [("user", "Hello"), ("assistant", "reply 1"), ("user", "Again")],
+                    [("user", "Hi")]]  # commands never reach the bot; /reset forgets
+
+
+@pytest.mark.parametrize("leave", [KeyboardInterrupt, EOFError])
+def test_chat_loop_ctrl_c_and_ctrl_d_say_goodbye(leave: type[BaseException],
+                                                 capsys: pytest.CaptureFixture[str]) -> None:
+    assert chat_loop(lambda history: [Turn("assistant", "hi")], _script("Hello", leave)) == 0
+    assert capsys.readouterr().out.splitlines()[-1] == "bye"
+
+    def interrupted(history):
+        raise KeyboardInterrupt  # Ctrl-C while the bot is generating
+
+    assert chat_loop(interrupted, _script("Hello")) == 0
+
+
+def test_ctrl_c_in_chat_exits_0_without_the_resume_hint(monkeypatch: pytest.MonkeyPatch,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(lmpo.cli, "_chat_reply", lambda run_dir, args: lambda history: [Turn("assistant", "hi")])
+    monkeypatch.setattr(builtins, "input", _script("Hello", KeyboardInterrupt))
+    assert main(["chat", "some-run", "--temperature", "0.5", "--top-k", "20", "--max-new-tokens", "12"]) == 0
+    captured = capsys.readouterr()
+    assert "sampling: temperature 0.5, top-k 20, top-p 0.9, max new tokens 12" in captured.out
+    assert "bot: hi" in captured.out and captured.out.splitlines()[-1] == "bye"
+    assert captured.err == ""  # not main()'s "interrupted (resume with lmpo train --resume RUN_DIR)"
+
+
+def test_chat_rejects_bad_sampling_settings_in_one_line(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["chat", "/no/such/run", "--top-p", "0"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("lmpo: error: invalid sampling settings")
+
+
+def test_line_history_is_kept_where_writable(tmp_path: Path) -> None:
+    readline = pytest.importorskip("readline")
+    readline.clear_history()
+    history = tmp_path / "history"
+    with line_history(history):
+        readline.add_history("hello bot")
+    assert "hello bot" in history.read_text()
+    readline.clear_history()
+    with line_history(history):
+        assert readline.get_history_item(readline.get_current_history_length()) == "hello bot"  # read back
+    with line_history(tmp_path / "no" / "such" / "dir" / "history"):  # not writable: no history, no error
+        pass
+    readline.clear_history()
+
+
+# ------------------------------------------------------------------------------------- text-run eval
+TINY_TEXT = ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.embed=32", "policy.hidden=64",
+             "env.kwargs.categories=[greetings]", "text.vocab_size=300", "text.pretrain.epochs=1",
+             "text.sampling.max_new_tokens=8", "env.kwargs.max_turns=2", "train.progress=false", "seed=5"]
+
+
+@pytest.fixture(scope="module")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pre-trained (no RL) tiny dialogue run: a checkpoint and a reference."""
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", "chatbot", *TINY_TEXT, f"train.runs_dir={runs}", "name=tiny"]) == 0
+    return runs / "tiny"
+
+
+def test_eval_of_a_text_run_honours_seed_and_conversations(text_run: Path, monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    evaluated = []
+    load_run = lmpo.api.load_run
+
+    def spy(*args, **kwargs):
+        task, policy, name = load_run(*args, **kwargs)
+        evaluated.append(task.cfg)
+        return task, policy, name
+
+    monkeypatch.setattr(lmpo.api, "load_run", spy)
+    assert main(["eval", str(text_run), "--seed", "3", "--conversations", "2"]) == 0
+    assert "seed 3" in capsys.readouterr().out
+    assert main(["eval", str(text_run), "--episodes", "4"]) == 0
+    assert "seed 5" in capsys.readouterr().out  # the run's own seed by default
+    assert [(c.seed, c.text.eval_conversations) for c in evaluated] == [(3, 2), (5, 4)]
+    assert main(["eval", str(text_run), "--stochastic"]) == 2
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("lmpo: error: --stochastic is for control runs")
+
+
+def test_chat_with_a_text_run(text_run: Path, monkeypatch: pytest.MonkeyPatch,
+                              capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setattr(builtins, "input", _script("Hello", "/reset", "Hi", EOFError))
+    assert main(["chat", str(text_run), "--temperature", "0"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("bot: ") == 2 and "(history cleared)" in out and out.splitlines()[-1] == "bye"

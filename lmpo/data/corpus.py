@@ -14,7 +14,9 @@ from typing import Literal
 
 import yaml
 
-Role = Literal["user", "assistant"]
+from lmpo.data.matching import normalize
+
+Role = Literal["user", "assistant", "tool"]
 
 
 @dataclass(frozen=True)
@@ -109,17 +111,18 @@ def load_jsonl(path: str | Path) -> list[Dialogue]:
 
 def split_dialogues(dialogues: list[Dialogue], heldout_fraction: float, salt: str = "lmpo"
                     ) -> tuple[list[Dialogue], list[Dialogue]]:
-    """Deterministic train / held-out split by whole conversation.
+    """Deterministic train / held-out split by opening line.
 
-    A conversation's side depends only on its own text (a hash), so adding or removing other dialogues
-    never moves it, and every process, seed and machine agrees.
+    Every conversation that opens with the same user line (after normalisation) lands on the same side, so no
+    held-out opening is ever a training opening; the side depends only on that line's text (a hash), so adding or
+    removing other dialogues never moves it, and every process, seed and machine agrees.
     """
     if not 0.0 <= heldout_fraction < 1.0:
         raise ValueError("heldout_fraction must be in [0, 1)")
     train: list[Dialogue] = []
     heldout: list[Dialogue] = []
     for d in dialogues:
-        text = salt + "\x00" + "\x00".join(f"{t.role}:{t.content}" for t in d)
+        text = salt + "\x00" + " ".join(normalize(d[0].content))
         u = int.from_bytes(hashlib.sha256(text.encode()).digest()[:8], "big") / 2**64
         (heldout if u < heldout_fraction else train).append(d)
     return train, heldout

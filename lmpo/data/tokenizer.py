@@ -22,14 +22,14 @@ from transformers import AutoTokenizer, PreTrainedTokenizerBase, PreTrainedToken
 
 from lmpo.data.corpus import Dialogue, Turn
 
-PAD, BOS, EOS, USER, ASSISTANT = "<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>"
-SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT]
-ROLE_TOKENS = {"user": USER, "assistant": ASSISTANT}
+PAD, BOS, EOS, USER, ASSISTANT, TOOL = "<pad>", "<bos>", "<eos>", "<|user|>", "<|assistant|>", "<|tool|>"
+SPECIAL_TOKENS = [PAD, BOS, EOS, USER, ASSISTANT, TOOL]
+ROLE_TOKENS = {"user": USER, "assistant": ASSISTANT, "tool": TOOL}
 
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
     "{% for m in messages %}{% if m['role'] != 'system' %}"
-    "{% if m['role'] == 'user' %}<|user|>{% else %}<|assistant|>{% endif %}"
+    "{% if m['role'] == 'user' %}<|user|>{% elif m['role'] == 'tool' %}<|tool|>{% else %}<|assistant|>{% endif %}"
     "{{ m['content'] }}{{ eos_token }}"
     "{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>{% endif %}"
@@ -45,13 +45,16 @@ def train_tokenizer(texts: Iterable[str], vocab_size: int = 4096, min_frequency:
     if vocab_size < 256 + len(SPECIAL_TOKENS):
         raise ValueError(f"vocab_size must be at least {256 + len(SPECIAL_TOKENS)} (256 bytes + special tokens)")
     tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    # digits one by one (as LLaMA's tokenizer): any number is spelt with ten well-trained tokens, so numbers never
+    # seen in training (a new price, an order number) can still be read and copied
+    tok.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                                 pre_tokenizers.ByteLevel(add_prefix_space=False)])
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
     tok.train_from_iterator(texts, trainer)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token=BOS, eos_token=EOS, pad_token=PAD,
-                                   additional_special_tokens=[USER, ASSISTANT])
+                                   additional_special_tokens=[USER, ASSISTANT, TOOL])
     fast.chat_template = CHAT_TEMPLATE
     return fast
 

@@ -1,143 +1,174 @@
-"""``lmpo/Chatbot-v0``: a dialogue with a simulated user who judges every reply.
+"""``lmpo/Chatbot-v0``: chit-chat from a dialogue corpus, with a simulated user who judges every reply.
 
-The user opens with a conversation's first line; after each bot reply it is satisfied (reward 1.0),
-neutral (0.5) or unsatisfied (0.0). While satisfied and its conversation goes on with a line the corpus
-answers, it says its next line, up to ``max_turns`` replies; anything else ends the episode.
-
-Two faces over the same ``Conversation`` logic:
-
-- ``ChatbotEnv``, the Gymnasium face: one token per ``step`` (``Discrete(vocab_size)``); the observation
-  is the dialogue's token ids so far in lmpo's chat format, right-padded to ``max_len``;
-- ``ChatbotBatch``, the utterance-level face the trainer uses: many conversations, whole replies.
+The user opens with a conversation's first line; after each bot reply it is satisfied (1.0), neutral (0.5) or
+unsatisfied (0.0) by the reply's best token F1 against the corpus's replies to its line. While satisfied and its
+conversation goes on with a line the corpus answers, it says its next line, up to ``max_turns`` replies; anything
+else ends the episode. (The seed's chatterbot example: a task where imitating the corpus is already optimal.)
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import json
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from enum import Enum
+from pathlib import Path
+from typing import Any, ClassVar
 
-import gymnasium as gym
-import numpy as np
+from pydantic import Field
 
-from lmpo.data.corpus import Dialogue, Turn, load_chatterbot
-from lmpo.data.tokenizer import decode_reply, dialogue_texts, encode_prompt, train_tokenizer
-from lmpo.rewards.satisfaction import SimulatedUser, Verdict
+from lmpo.data.corpus import Dialogue, Turn, load_chatterbot, load_jsonl, split_dialogues
+from lmpo.data.matching import normalize, token_f1
+from lmpo.data.tokenizer import dialogue_texts, train_tokenizer
+from lmpo.envs.text import EnvSettings, Example, TextStep, TokenTextEnv
+
+SAVED_CORPUS = "dialogues.jsonl"
+
+
+class Verdict(float, Enum):
+    """The user's judgement of a reply; its value is what the ``satisfaction`` reward pays."""
+
+    SATISFIED = 1.0
+    NEUTRAL = 0.5
+    UNSATISFIED = 0.0
+
+
+class SimulatedUser:
+    """Judges replies against the corpus's acceptable replies to each user line: ``>= satisfied_at`` best token F1
+    is satisfied, ``>= neutral_at`` neutral, else unsatisfied."""
+
+    def __init__(self, dialogues: Iterable[Dialogue], satisfied_at: float = 0.6, neutral_at: float = 0.3) -> None:
+        if not 0.0 <= neutral_at <= satisfied_at <= 1.0:
+            raise ValueError("need 0 <= neutral_at <= satisfied_at <= 1")
+        self.satisfied_at, self.neutral_at = satisfied_at, neutral_at
+        self.acceptable: dict[str, list[str]] = defaultdict(list)
+        for d in dialogues:
+            for user, bot in zip(d[0::2], d[1::2]):
+                key = self.key(user.content)
+                if bot.content not in self.acceptable[key]:
+                    self.acceptable[key].append(bot.content)
+
+    @staticmethod
+    def key(line: str) -> str:
+        """User lines match after normalisation ("What is AI?" and "what is ai" are the same line)."""
+        return " ".join(normalize(line))
+
+    def similarity(self, user_line: str, reply: str) -> float:
+        """Best token F1 of ``reply`` against the acceptable replies to ``user_line`` (0 if it has none)."""
+        return max((token_f1(reply, ref) for ref in self.acceptable.get(self.key(user_line), [])), default=0.0)
+
+    def judge(self, user_line: str, reply: str) -> Verdict:
+        """Satisfied, neutral or unsatisfied."""
+        s = self.similarity(user_line, reply)
+        if s >= self.satisfied_at:
+            return Verdict.SATISFIED
+        return Verdict.NEUTRAL if s >= self.neutral_at else Verdict.UNSATISFIED
 
 
 @dataclass
-class Conversation:
-    """One simulated conversation: the corpus dialogue it follows and what has been said."""
+class ChatbotConversation:
+    """One simulated conversation following a corpus dialogue."""
 
-    dialogue: Dialogue
+    user: SimulatedUser
     max_turns: int
+    dialogue: Dialogue = ()
     history: list[Turn] = field(default_factory=list)
     turn: int = 0  # replies given so far
     done: bool = False
 
-    def __post_init__(self) -> None:
+    def reset(self, example: Example) -> list[Turn]:
+        """The dialogue's first line."""
+        self.dialogue, self.turn, self.done = example["dialogue"], 0, False
         self.history = [self.dialogue[0]]
+        return [self.dialogue[0]]
 
-    @property
-    def user_line(self) -> str:
-        """What the user just said (the line the next reply answers)."""
-        return self.history[-1].content
-
-    def respond(self, reply: str, user: SimulatedUser) -> Verdict:
-        """The bot says ``reply``; the user judges, and says its next line if satisfied and not finished."""
+    def step(self, reply: str) -> TextStep:
+        """The user judges ``reply`` and says its next line if satisfied and the dialogue goes on."""
         if self.done:
             raise RuntimeError("the conversation is over")
-        verdict = user.judge(self.user_line, reply)
+        verdict = self.user.judge(self.history[-1].content, reply)
         self.history.append(Turn("assistant", reply))
         self.turn += 1
         next_index = 2 * self.turn  # the user's next line in the corpus dialogue
-        # the user goes on only with a line its dialogue answers: a closing user line (odd-length
-        # dialogues) has no acceptable reply, and every reply to it would be judged unsatisfied
+        # the user goes on only with a line its dialogue answers: a closing user line (odd-length dialogues) has
+        # no acceptable reply, and every reply to it would be judged unsatisfied
+        info = {"verdict": float(verdict.value)}
         if verdict is Verdict.SATISFIED and self.turn < self.max_turns and next_index + 1 < len(self.dialogue):
             self.history.append(self.dialogue[next_index])
-        else:
-            self.done = True
-        return verdict
+            return TextStep([self.dialogue[next_index]], False, info)
+        self.done = True
+        return TextStep([], True, info)
 
 
-class ChatbotBatch:
-    """Many conversations stepped with whole replies at once (the trainer's face of Chatbot-v0)."""
-
-    def __init__(self, dialogues: Sequence[Dialogue], user: SimulatedUser, max_turns: int = 3) -> None:
-        if not dialogues:
-            raise ValueError("Chatbot needs at least one dialogue")
-        self.dialogues, self.user, self.max_turns = list(dialogues), user, max_turns
-        self.conversations: list[Conversation] = []
-
-    def reset(self, n: int, rng: np.random.Generator | None = None, indices: Sequence[int] | None = None
-              ) -> list[Conversation]:
-        """Start ``n`` conversations: the given dialogue indices, or drawn with ``rng``."""
-        if indices is None:
-            indices = (rng or np.random.default_rng()).integers(len(self.dialogues), size=n).tolist()
-        self.conversations = [Conversation(self.dialogues[i], self.max_turns) for i in indices]
-        return self.conversations
-
-    @property
-    def active(self) -> list[int]:
-        """Indices of the conversations still going on."""
-        return [i for i, c in enumerate(self.conversations) if not c.done]
-
-    def step(self, replies: dict[int, str]) -> dict[int, Verdict]:
-        """Reply in the given active conversations; returns the user's verdicts."""
-        return {i: self.conversations[i].respond(r, self.user) for i, r in replies.items()}
+class ChatbotSettings(EnvSettings):
+    categories: list[str] | None = Field(None, description="chatterbot-corpus categories (None: all).")
+    jsonl: str | None = Field(None, description="Your own dialogues (chat-messages JSONL) instead of the corpus.")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of opening lines held out from training "
+                                    "(every conversation with a held-out opening is held out).")
+    satisfied_at: float = Field(0.6, ge=0, le=1, description="Token F1 at which the user is satisfied.")
+    neutral_at: float = Field(0.3, ge=0, le=1, description="Token F1 at which the user is neutral.")
+    max_turns: int = Field(3, ge=1, description="Most bot replies per conversation.")
 
 
-class ChatbotEnv(gym.Env[np.ndarray, np.int64]):
-    """The Gymnasium face: one token per step; a reply ends at ``<eos>`` or ``max_reply_tokens``."""
+class Chatbot:
+    """Chit-chat from the chatterbot-corpus (or a user's JSONL dialogues), split by opening line."""
 
-    metadata: dict[str, Any] = {"render_modes": []}
+    Settings: ClassVar[type[EnvSettings]] = ChatbotSettings
+    eval_splits: ClassVar[tuple[str, ...]] = ("train", "heldout")
+    default_rewards: ClassVar[tuple[dict[str, Any], ...]] = ({"name": "satisfaction"},)
+
+    def __init__(self, settings: Any, seed: int = 0, run_dir: Path | None = None,
+                 dialogues: Sequence[Dialogue] | None = None) -> None:
+        self.settings: ChatbotSettings = settings
+        saved = run_dir / SAVED_CORPUS if run_dir is not None else None
+        if dialogues is None:
+            if saved is not None and saved.is_file():
+                dialogues = load_jsonl(saved)
+            else:
+                dialogues = load_jsonl(settings.jsonl) if settings.jsonl else load_chatterbot(settings.categories)
+        # the corpus repeats conversations across files (2,026 of which 899 distinct): a repeat teaches nothing new
+        self.dialogues = list(dict.fromkeys(dialogues))
+        self.train, self.heldout = split_dialogues(self.dialogues, settings.heldout_fraction)
+        if not self.train:
+            raise ValueError("no training conversations (heldout_fraction too large for this corpus?)")
+        self.user = SimulatedUser(self.dialogues, settings.satisfied_at, settings.neutral_at)
+
+    def examples(self, split: str) -> list[Example]:
+        """One example per dialogue of the split."""
+        return [{"dialogue": d} for d in self.pretraining(split)]
+
+    def pretraining(self, split: str) -> list[Dialogue]:
+        """The corpus dialogues of ``split`` ("train" or "heldout")."""
+        return {"train": self.train, "heldout": self.heldout}[split]
+
+    def tokenizer_texts(self) -> list[str]:
+        """Every utterance of the training dialogues."""
+        return list(dialogue_texts(self.train))
+
+    def conversation(self) -> ChatbotConversation:
+        """A new conversation with the simulated user."""
+        return ChatbotConversation(self.user, self.settings.max_turns)
+
+    def tool(self, reply: str) -> Turn | None:
+        """Chit-chat has no tools."""
+        return None
+
+    def save(self, run_dir: Path) -> None:
+        """The corpus as ``dialogues.jsonl`` (the user judges against it): the run needs no corpus file to load."""
+        lines = [json.dumps({"messages": [{"role": t.role, "content": t.content} for t in d]}) for d in self.dialogues]
+        (run_dir / SAVED_CORPUS).write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+class ChatbotEnv(TokenTextEnv):
+    """The Gymnasium face: one token per step; the reward is the user's verdict at the end of each reply."""
 
     def __init__(self, tokenizer: Any = None, dialogues: Sequence[Dialogue] | None = None, max_turns: int = 3,
                  max_reply_tokens: int = 32, max_len: int = 256, satisfied_at: float = 0.6,
                  neutral_at: float = 0.3, vocab_size: int = 2048) -> None:
-        self.dialogues = list(dialogues) if dialogues is not None else load_chatterbot()
-        self.tokenizer = tokenizer or train_tokenizer(dialogue_texts(self.dialogues), vocab_size)
-        self.user = SimulatedUser(self.dialogues, satisfied_at, neutral_at)
-        self.max_turns, self.max_reply_tokens, self.max_len = max_turns, max_reply_tokens, max_len
-        self.pad_id, self.eos_id = int(self.tokenizer.pad_token_id), int(self.tokenizer.eos_token_id)
-        vocab = len(self.tokenizer)
-        self.action_space = gym.spaces.Discrete(vocab)
-        self.observation_space = gym.spaces.Box(0, vocab - 1, shape=(max_len,), dtype=np.int64)
-        self.conversation: Conversation | None = None
-        self.reply: list[int] = []
-
-    def _ids(self) -> list[int]:
-        """The dialogue so far in chat format, with the reply being written."""
-        assert self.conversation is not None
-        return encode_prompt(self.tokenizer, self.conversation.history) + self.reply
-
-    def _obs(self) -> np.ndarray:
-        ids = self._ids()[-self.max_len:]
-        out = np.full(self.max_len, self.pad_id, dtype=np.int64)
-        out[: len(ids)] = ids
-        return out
-
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None
-              ) -> tuple[np.ndarray, dict[str, Any]]:
-        """Start a conversation drawn with the environment's generator (or ``options["index"]``)."""
-        super().reset(seed=seed)
-        index = (options or {}).get("index", int(self.np_random.integers(len(self.dialogues))))
-        self.conversation = Conversation(self.dialogues[index], self.max_turns)
-        self.reply = []
-        return self._obs(), {"user": self.conversation.user_line}
-
-    def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
-        """Append one token; at the end of a reply the user judges it."""
-        if self.conversation is None or self.conversation.done:
-            raise RuntimeError("call reset() first")
-        self.reply.append(int(action))
-        info: dict[str, Any] = {}
-        reward, terminated = 0.0, False
-        if int(action) == self.eos_id or len(self.reply) >= self.max_reply_tokens:
-            text = decode_reply(self.tokenizer, self.reply)
-            verdict = self.conversation.respond(text, self.user)
-            reward, terminated = float(verdict.value), self.conversation.done
-            info = {"reply": text, "verdict": verdict.name.lower()}
-            self.reply = []
-        truncated = not terminated and len(self._ids()) >= self.max_len
-        return self._obs(), reward, terminated, truncated, info
+        settings = ChatbotSettings(heldout_fraction=0.0, max_turns=max_turns, satisfied_at=satisfied_at,
+                                   neutral_at=neutral_at)
+        family = Chatbot(settings, dialogues=dialogues)
+        tokenizer = tokenizer or train_tokenizer(family.tokenizer_texts(), vocab_size)
+        super().__init__(family, tokenizer, lambda info: float(info.get("verdict") or 0.0), "train",
+                         max_reply_tokens, max_len)

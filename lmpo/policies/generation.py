@@ -30,6 +30,15 @@ class Generation:
     values: Tensor  # (B, T) value of the state each token was sampled in
 
 
+def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> Tensor:
+    """``(B, max_len)`` prompts with each row's ids at the right end (what ``generate`` takes)."""
+    width = max(map(len, rows))
+    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    for i, r in enumerate(rows):
+        out[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+    return out.to(device)
+
+
 @torch.no_grad()
 def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None = None,
              stop: Callable[[list[int]], bool] | None = None, use_cache: bool = True) -> Generation:

@@ -1,6 +1,6 @@
-"""Reward functions: plain callables scoring replies (the ``Reward`` protocol) and the simulated user."""
+"""Reward functions: ``reward(prompts, completions, **fields) -> list[float]``, registered by name (or a user's own
+as ``module:function`` / ``file.py:function``), combined as a checked weighted sum."""
 
-from lmpo.rewards.base import Reward
-from lmpo.rewards.satisfaction import SimulatedUser, Verdict, token_f1
+from lmpo.rewards.registry import REWARDS, RewardError, WeightedReward, load_reward, register_reward
 
-__all__ = ["Reward", "SimulatedUser", "Verdict", "token_f1"]
+__all__ = ["REWARDS", "RewardError", "WeightedReward", "load_reward", "register_reward"]

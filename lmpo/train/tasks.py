@@ -1,8 +1,9 @@
 """What the one training loop needs from each kind of environment: a ``Task``.
 
-``ControlTask`` steps Gymnasium vector envs with an MLP policy; ``ChatTask`` plays conversations with the
-simulated user of ``lmpo/Chatbot-v0`` with a language-model policy (pre-trained first, then kept close to
-that frozen reference by the KL penalty). The loop itself lives in ``trainer.py`` and is the same for both.
+``ControlTask`` steps Gymnasium vector envs with an MLP policy; ``TextTask`` plays conversations in any text
+environment (``lmpo/Chatbot-v0``, ``lmpo/Support-v0``, ...) with a language-model policy (pre-trained first, then
+kept close to that frozen reference by the KL penalty). The loop itself lives in ``trainer.py`` and is the same for
+both.
 """
 
 from __future__ import annotations
@@ -45,6 +46,10 @@ class Task(Protocol):
 
     def after_update(self, policy: Any, rollout: Rollout) -> None:
         """Bookkeeping once the algorithm has updated the policy."""
+        ...
+
+    def finish(self, policy: Any) -> None:
+        """Work once training is done (an export of the trained model)."""
         ...
 
     def evaluate(self, policy: Any, report: Callable[[str], None] | None = None) -> dict[str, float]:
@@ -99,6 +104,9 @@ class ControlTask:
         """Fold the rollout's observations into the normaliser (frozen while collecting and updating)."""
         policy.update_normalizer(rollout.obs)
 
+    def finish(self, policy: MLPPolicy) -> None:
+        """Nothing to export: the checkpoint is the model."""
+
     def evaluate(self, policy: MLPPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:
         """Mean and std of deterministic returns on fresh environments (fixed evaluation seed)."""
         if report is not None:
@@ -126,8 +134,8 @@ class ControlTask:
 def make_task(cfg: Config, run_dir: Path, device: torch.device) -> Task:
     """The task for ``cfg.env.id``."""
     if cfg.is_text:
-        from lmpo.train.chat_task import ChatTask
+        from lmpo.train.text_task import TextTask
 
-        return ChatTask(cfg, run_dir, device)
+        return TextTask(cfg, run_dir, device)
     return ControlTask(cfg, device)
 

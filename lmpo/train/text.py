@@ -1,15 +1,19 @@
-"""Collect rollouts of dialogue: conversations with the simulated user, one row per bot reply.
+"""Collect rollouts of conversation in any text environment, one row per bot reply.
 
-Step 1 (collect), 2 (reward) and 3 (shape) of the loop for text: replies are generated in batches for
-every conversation still going on, the user judges them (reward on the reply's last token), and every
-token pays ``kl_coef * KL(pi || pi_ref)`` to the frozen reference. A conversation's replies are linked:
-the last token of a reply bootstraps from the value of the next reply's first state.
+Steps 1-3 of the loop for text, as three calls: **generate** (play the conversations to their end, generating a
+reply for every conversation still going on, batched), **score** (the reward functions on every reply, with the
+example's columns and the environment's ``info``), **shape** (every token pays ``kl_coef * KL(pi || pi_ref)`` to the
+frozen reference). Token in, token out: a conversation's context is kept as token ids; the ids a policy generated
+are appended as they are (never decoded and re-encoded), the turns the environment adds are encoded and appended as
+context. A conversation's replies are linked: a reply's last token bootstraps from the value of the next reply's
+first state.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -20,96 +24,167 @@ from transformers import PreTrainedTokenizerBase
 from lmpo.core import FixedKLController, Rollout, kl_estimate, kl_penalized_rewards
 from lmpo.core.kl import KLEstimator
 from lmpo.data.corpus import Turn
-from lmpo.data.tokenizer import decode_reply, encode_prompt
-from lmpo.envs.chatbot import ChatbotBatch
-from lmpo.policies.generation import Generation, generate, to_rollout
+from lmpo.data.tokenizer import ASSISTANT, decode_reply, encode_dialogue, token_id
+from lmpo.envs.text import Example, TextEnvironment
+from lmpo.policies.generation import Generation, generate, left_pad, to_rollout
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
 
-
-def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "cpu") -> Tensor:
-    """``(B, max_len)`` with each row's ids at the right end."""
-    width = max(map(len, rows))
-    out = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    for i, r in enumerate(rows):
-        out[i, width - len(r):] = torch.tensor(r)
-    return out.to(device)
-
-
-@torch.no_grad()
-def generate_replies(policy: LMPolicy, tokenizer: PreTrainedTokenizerBase, histories: Sequence[Sequence[Turn]],
-                     max_prompt_tokens: int | None = None, settings: SamplingConfig | None = None,
-                     device: torch.device | str = "cpu") -> tuple[list[list[int]], Generation, list[str]]:
-    """The next bot reply to each dialogue history, in lmpo's chat format: the prompts' ids, the generation
-    (``settings`` or the policy's own) and the replies' texts."""
-    prompts = [encode_prompt(tokenizer, h, max_prompt_tokens) for h in histories]
-    gen = generate(policy, left_pad(prompts, policy.pad_id, device), settings)
-    texts = [decode_reply(tokenizer, gen.tokens[row, gen.mask[row] > 0].tolist()) for row in range(len(prompts))]
-    return prompts, gen, texts
+Scorer = Callable[[list[str], list[str], dict[str, list[Any]]], tuple[list[float], dict[str, list[float]]]]
 
 
 @dataclass
-class ChatStats:
-    """What happened in a batch of conversations."""
+class Reply:
+    """One bot reply of a conversation: what it was generated from, what was sampled, what followed."""
 
-    satisfaction: float  # share of replies the user was satisfied with
-    mean_reward: float  # mean verdict value per reply
-    mean_turns: float  # replies per conversation
+    prompt: list[int]  # the context ids it was generated from (the last max_prompt_tokens)
+    tokens: Tensor  # (n,) sampled ids
+    logprobs: Tensor  # (n,)
+    values: Tensor  # (n,)
+    user: str  # the user line it answers
+    text: str
+    info: dict[str, Any]
+    example: int  # index of its conversation's example
+    reward: float = 0.0
+    components: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Played:
+    """Conversations played to their end: the replies in conversation-then-turn order and the transcripts."""
+
+    replies: list[Reply]
+    turns: list[int]  # replies per conversation
+    transcripts: list[list[tuple[Turn, dict[str, Any]]]]  # every turn, with the info of bot turns
+
+
+@dataclass
+class ConversationStats:
+    """What happened in a batch of conversations (means over replies unless said otherwise)."""
+
+    satisfaction: float  # share of judged replies the user was satisfied with
+    mean_reward: float  # mean total reward per reply
+    mean_verdict: float  # mean verdict value per judged reply
+    mean_turns: float  # judged replies per conversation
     mean_kl: float  # mean per-token KL to the reference
     mean_reply_tokens: float
+    extra: dict[str, float]  # environment-specific means (completion, accuracy, lookups, words) and reward parts
 
 
-class ChatbotCollector:
-    """Runs ``conversations x samples_per_prompt`` simulated conversations per rollout."""
+class ConversationCollector:
+    """Plays ``conversations x samples_per_prompt`` conversations per rollout in a text environment."""
 
-    def __init__(self, batch: ChatbotBatch, tokenizer: PreTrainedTokenizerBase, reference: LMPolicy | None,
-                 kl: FixedKLController, kl_estimator: KLEstimator = "k1", conversations: int = 16,
-                 samples_per_prompt: int = 4, max_prompt_tokens: int = 96, seed: int = 0) -> None:
-        self.batch, self.tokenizer, self.reference, self.kl = batch, tokenizer, reference, kl
-        self.kl_estimator = kl_estimator
+    def __init__(self, family: TextEnvironment, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase,
+                 score: Scorer, reference: LMPolicy | None, kl: FixedKLController, kl_estimator: KLEstimator = "k1",
+                 conversations: int = 16, samples_per_prompt: int = 4, max_prompt_tokens: int = 96,
+                 seed: int = 0) -> None:
+        if not examples:
+            raise ValueError("a text environment needs at least one example")
+        self.family, self.examples, self.tokenizer, self.score = family, list(examples), tokenizer, score
+        self.reference, self.kl, self.kl_estimator = reference, kl, kl_estimator
         self.conversations, self.k, self.max_prompt_tokens = conversations, samples_per_prompt, max_prompt_tokens
+        self.assistant_id = token_id(tokenizer, ASSISTANT)
         self.rng = np.random.default_rng(seed)
 
+    def _context(self, turns: Sequence[Turn], start: bool = False) -> list[int]:
+        """Ids of turns an environment adds, then ``<|assistant|>`` (``<bos>`` only at the start)."""
+        ids = encode_dialogue(self.tokenizer, turns).ids
+        return (ids if start else ids[1:]) + [self.assistant_id]
+
+    # ---------------------------------------------------------------------------- step 1. generate
     @torch.no_grad()
-    def collect(self, policy: LMPolicy, indices: list[int] | None = None, settings: SamplingConfig | None = None
-                ) -> tuple[Rollout, ChatStats]:
-        """Play the conversations to their end, sampling with ``settings`` (default: the policy's own); rows
-        are replies in conversation-then-turn order."""
-        if indices is None:
-            indices = self.rng.integers(len(self.batch.dialogues), size=self.conversations).tolist()
-        convs = self.batch.reset(len(indices) * self.k, indices=[i for i in indices for _ in range(self.k)])
-        replies: dict[int, list[dict]] = {c: [] for c in range(len(convs))}
-        while self.batch.active:
-            active = self.batch.active
-            prompt_ids, gen, texts = generate_replies(policy, self.tokenizer, [convs[c].history for c in active],
-                                                      self.max_prompt_tokens, settings)
+    def play(self, policy: LMPolicy, indices: Sequence[int], settings: SamplingConfig | None = None) -> Played:
+        """Play one conversation per example index to its end, sampling with ``settings`` (default: the policy's)."""
+        convs = [self.family.conversation() for _ in indices]
+        openings = [c.reset(self.examples[i]) for c, i in zip(convs, indices, strict=True)]
+        ids = [self._context(o, start=True) for o in openings]
+        user = [next((t.content for t in reversed(o) if t.role == "user"), "") for o in openings]
+        transcripts: list[list[tuple[Turn, dict[str, Any]]]] = [[(t, {}) for t in o] for o in openings]
+        replies: list[list[Reply]] = [[] for _ in indices]
+        active = list(range(len(indices)))
+        eos = policy.pad_id, policy.eos_id
+        device = next(policy.parameters()).device
+        while active:
+            prompts = [ids[c][-self.max_prompt_tokens:] for c in active]
+            gen = generate(policy, left_pad(prompts, policy.pad_id, device), settings)
+            still = []
             for row, c in enumerate(active):
                 n = int(gen.mask[row].sum())
-                replies[c].append({"prompt": prompt_ids[row], "tokens": gen.tokens[row, :n],
-                                   "logprobs": gen.logprobs[row, :n], "values": gen.values[row, :n]})
-            for c, verdict in self.batch.step(dict(zip(active, texts, strict=True))).items():
-                replies[c][-1]["reward"] = float(verdict.value)
-        rows = [r for c in range(len(convs)) for r in replies[c]]
-        rollout = self._pack(policy.pad_id, rows, [len(replies[c]) for c in range(len(convs))])
-        # step 3. shape: one pass of the reference serves the penalty and the statistics
-        ref = rollout.logprobs  # without a reference the KL is 0
+                tokens = gen.tokens[row, :n]
+                text = decode_reply(self.tokenizer, tokens.tolist())
+                out = convs[c].step(text)
+                replies[c].append(Reply(prompts[row], tokens, gen.logprobs[row, :n], gen.values[row, :n], user[c], text,
+                                        out.info, indices[c]))
+                transcripts[c].append((Turn("assistant", text), out.info))
+                # token in, token out: the sampled ids as they are; a reply cut at max_new_tokens gets its <eos>
+                ids[c] += tokens.tolist() + ([] if n and int(tokens[-1]) == eos[1] else [eos[1]])
+                if not out.done:
+                    ids[c] += self._context(out.turns)
+                    transcripts[c] += [(t, {}) for t in out.turns]
+                    user[c] = next((t.content for t in reversed(out.turns) if t.role == "user"), user[c])
+                    still.append(c)
+            active = still
+        return Played([r for rs in replies for r in rs], [len(rs) for rs in replies], transcripts)
+
+    # ------------------------------------------------------------------------------- step 2. score
+    def score_replies(self, replies: list[Reply]) -> None:
+        """The reward functions on every reply: the example's columns and the environment's info as fields."""
+        keys = sorted({k for r in replies for k in r.info} | {k for r in replies for k in self.examples[r.example]})
+        fields = {k: [r.info.get(k, self.examples[r.example].get(k)) for r in replies] for k in keys}
+        totals, parts = self.score([r.user for r in replies], [r.text for r in replies], fields)
+        for i, r in enumerate(replies):
+            r.reward = float(totals[i])
+            r.components = {name: float(v[i]) for name, v in parts.items()}
+
+    # --------------------------------------------------------------------------------- the three steps
+    @torch.no_grad()
+    def collect(self, policy: LMPolicy, indices: Sequence[int] | None = None, settings: SamplingConfig | None = None
+                ) -> tuple[Rollout, ConversationStats, Played]:
+        """generate -> score -> shape; rows are replies in conversation-then-turn order."""
+        if indices is None:
+            indices = self.rng.integers(len(self.examples), size=self.conversations).tolist()
+        played = self.play(policy, [i for i in indices for _ in range(self.k)], settings)  # step 1. generate
+        self.score_replies(played.replies)  # step 2. score
+        rollout = self._pack(policy.pad_id, played.replies, played.turns)
+        ref = self.shape(rollout)  # step 3. shape
+        return rollout, self._stats(played, rollout, ref), played
+
+    def shape(self, rollout: Rollout) -> Tensor:
+        """Subtract the per-token KL penalty from the rewards; returns the reference's log-probs (one pass of the
+        reference serves the penalty and the statistics; without a reference the KL is 0)."""
+        ref = rollout.logprobs
         if self.reference is not None:
             ref = self.reference.evaluate(rollout.obs, rollout.actions).log_probs
         rollout.rewards = kl_penalized_rewards(rollout.rewards, rollout.logprobs, ref, rollout.mask, self.kl.value,
                                                self.kl_estimator)
+        return ref
+
+    def _stats(self, played: Played, rollout: Rollout, ref: Tensor) -> ConversationStats:
+        replies = played.replies
         kl = kl_estimate(rollout.logprobs, ref, self.kl_estimator) * rollout.mask
         n_tokens = float(rollout.mask.sum())
-        rewards = [r["reward"] for r in rows]
-        stats = ChatStats(float(np.mean([x == 1.0 for x in rewards])), float(np.mean(rewards)),
-                          len(rows) / len(convs), float(kl.sum()) / max(n_tokens, 1.0), n_tokens / len(rows))
-        return rollout, stats
+        verdicts = [float(r.info["verdict"]) for r in replies if r.info.get("verdict") is not None]
+        extra = {f"rewards/{name}": float(np.mean([r.components[name] for r in replies]))
+                 for name in replies[0].components}
+        for key in ("correct", "completed", "words", "turn_lookups"):
+            values = [float(r.info[key]) for r in replies if r.info.get(key) is not None]
+            if values:
+                extra[key] = float(np.mean(values))
+        if "completed" in extra:  # per conversation: the goal reached by the end
+            extra["completed"] = float(np.sum([r.info.get("completed") or 0.0 for r in replies]) / len(played.turns))
+        return ConversationStats(
+            satisfaction=float(np.mean([v == 1.0 for v in verdicts])) if verdicts else 0.0,
+            mean_reward=float(np.mean([r.reward for r in replies])),
+            mean_verdict=float(np.mean(verdicts)) if verdicts else 0.0,
+            mean_turns=len(verdicts) / len(played.turns), mean_kl=float(kl.sum()) / max(n_tokens, 1.0),
+            mean_reply_tokens=n_tokens / len(replies), extra=extra)
 
-    def _pack(self, pad_id: int, rows: list[dict], turns: list[int]) -> Rollout:
+    def _pack(self, pad_id: int, rows: list[Reply], turns: list[int]) -> Rollout:
         """Pad the replies into one rollout, a conversation's replies one episode; a reply the conversation
         continues after bootstraps (for GAE) from the next reply's first value, the last reply from 0."""
-        values = pad_sequence([r["values"] for r in rows], batch_first=True)
-        actions = pad_sequence([r["tokens"] for r in rows], batch_first=True, padding_value=pad_id)
-        logprobs = pad_sequence([r["logprobs"] for r in rows], batch_first=True)
+        values = pad_sequence([r.values for r in rows], batch_first=True)
+        actions = pad_sequence([r.tokens for r in rows], batch_first=True, padding_value=pad_id)
+        logprobs = pad_sequence([r.logprobs for r in rows], batch_first=True)
         gen = Generation(actions, (actions != pad_id).float(), logprobs, values)
         boot = torch.zeros(len(rows))
         start = 0
@@ -117,5 +192,9 @@ class ChatbotCollector:
             boot[start:start + n - 1] = values[start + 1:start + n, 0]
             start += n
         episodes = torch.repeat_interleave(torch.arange(len(turns)), torch.tensor(turns))
-        return to_rollout(left_pad([r["prompt"] for r in rows], pad_id), gen, torch.tensor([r["reward"] for r in rows]),
-                          episodes // self.k, bootstrap=boot, episode_ids=episodes)
+        device = values.device
+        boot = boot.to(device)
+        episodes = episodes.to(device)
+        rewards = torch.tensor([r.reward for r in rows], device=device)
+        return to_rollout(left_pad([r.prompt for r in rows], pad_id, device), gen, rewards, episodes // self.k,
+                          bootstrap=boot, episode_ids=episodes)

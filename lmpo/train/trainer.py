@@ -163,6 +163,7 @@ class Trainer:
             self._bar = None
         if self._saved_iteration != self.iteration:
             self.save()
+        self.task.finish(self.policy)
         final = self.evaluate()
         self.logger.log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         self.logger.close()

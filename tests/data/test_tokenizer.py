@@ -94,7 +94,7 @@ def test_a_pretrained_tokenizer_gains_only_the_chat_tokens_it_lacks(tmp_path: Pa
     with pytest.raises(ValueError, match="lacks"):
         check_chat_tokenizer(tok)
     added = add_chat_tokens(tok)
-    assert sorted(added) == ["<pad>", "<|assistant|>", "<|user|>"] and len(tok) == n + 3
+    assert sorted(added) == ["<pad>", "<|assistant|>", "<|tool|>", "<|user|>"] and len(tok) == n + 4
     assert tok.bos_token == tok.eos_token == "<|endoftext|>" and tok.pad_token_id != tok.eos_token_id
     check_chat_tokenizer(tok)
     dialogue = [Turn("user", "Hi"), Turn("assistant", "Hello")]

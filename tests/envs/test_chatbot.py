@@ -1,14 +1,12 @@
 """lmpo/Chatbot-v0: the Gymnasium face passes the env checker; conversations follow the simulated user."""
 
 import gymnasium as gym
-import numpy as np
 import pytest
 from gymnasium.utils.env_checker import check_env
 
 import lmpo  # noqa: F401  (registers the environment)
 from lmpo.data import Turn, dialogue_texts, encode_prompt, load_chatterbot, train_tokenizer
-from lmpo.envs.chatbot import ChatbotBatch, ChatbotEnv, Conversation
-from lmpo.rewards import SimulatedUser, Verdict
+from lmpo.envs.chatbot import Chatbot, ChatbotEnv, ChatbotSettings, SimulatedUser
 
 DIALOGUE = (Turn("user", "Hi"), Turn("assistant", "Hello there"), Turn("user", "How are you?"),
             Turn("assistant", "I am fine thanks"), Turn("user", "Bye"), Turn("assistant", "Goodbye friend"))
@@ -38,40 +36,53 @@ def _say(env: ChatbotEnv, text: str):
 def test_token_level_episode(tokenizer) -> None:
     env = ChatbotEnv(tokenizer, [DIALOGUE], max_turns=3, max_len=128)
     obs, info = env.reset(seed=0)
-    assert info["user"] == "Hi"
+    assert info["turns"] == ["Hi"]
     ids = encode_prompt(tokenizer, [DIALOGUE[0]])
     assert obs[: len(ids)].tolist() == ids and (obs[len(ids):] == env.pad_id).all()
     obs, r, term, trunc, info = _say(env, "Hello there")
-    assert (r, term, info["verdict"]) == (1.0, False, "satisfied")
+    assert (r, term, info["verdict"]) == (1.0, False, 1.0)
     history = [DIALOGUE[0], Turn("assistant", "Hello there"), DIALOGUE[2]]
     assert obs[: len(encode_prompt(tokenizer, history))].tolist() == encode_prompt(tokenizer, history)
     obs, r, term, trunc, info = _say(env, "completely unrelated words")
     assert (r, term) == (0.0, True)
 
 
+def _conversation(max_turns: int, dialogue=DIALOGUE):
+    family = Chatbot(ChatbotSettings(heldout_fraction=0.0, max_turns=max_turns), dialogues=[DIALOGUE])
+    conv = family.conversation()
+    assert conv.reset({"dialogue": dialogue}) == [dialogue[0]]
+    return conv
+
+
 def test_conversation_rules() -> None:
-    user = SimulatedUser([DIALOGUE], satisfied_at=0.6, neutral_at=0.3)
-    c = Conversation(DIALOGUE, max_turns=3)
-    assert c.respond("Hello there", user) is Verdict.SATISFIED and c.user_line == "How are you?"
-    assert c.respond("I am fine", user) is Verdict.SATISFIED and c.user_line == "Bye"
-    assert c.respond("Goodbye friend", user) is Verdict.SATISFIED and c.done  # the corpus dialogue ended
-    short = Conversation(DIALOGUE, max_turns=1)
-    assert short.respond("Hello there", user) is Verdict.SATISFIED and short.done  # max_turns reached
-    neutral = Conversation(DIALOGUE, max_turns=3)
-    assert neutral.respond("there you are", user) is Verdict.NEUTRAL and neutral.done
+    c = _conversation(3)
+    step = c.step("Hello there")
+    assert step.info["verdict"] == 1.0 and step.turns == [DIALOGUE[2]] and not step.done
+    step = c.step("I am fine")
+    assert step.info["verdict"] == 1.0 and step.turns == [DIALOGUE[4]]
+    step = c.step("Goodbye friend")
+    assert step.info["verdict"] == 1.0 and step.done and step.turns == []  # the corpus dialogue ended
+    short = _conversation(1)
+    assert short.step("Hello there").done  # max_turns reached
+    neutral = _conversation(3)
+    step = neutral.step("there you are")
+    assert step.info["verdict"] == 0.5 and step.done
     with pytest.raises(RuntimeError):
-        neutral.respond("again", user)
-    unanswered = Conversation(DIALOGUE[:5], max_turns=3)  # ends with a user line the corpus never answers
-    unanswered.respond("Hello there", user)
-    assert unanswered.respond("I am fine thanks", user) is Verdict.SATISFIED and unanswered.done
+        neutral.step("again")
+    unanswered = _conversation(3, DIALOGUE[:5])  # ends with a user line the corpus never answers
+    unanswered.step("Hello there")
+    step = unanswered.step("I am fine thanks")
+    assert step.info["verdict"] == 1.0 and step.done
 
 
-def test_batch_face() -> None:
-    user = SimulatedUser([DIALOGUE])
-    batch = ChatbotBatch([DIALOGUE], user, max_turns=2)
-    convs = batch.reset(3, np.random.default_rng(0))
-    assert len(convs) == 3 and batch.active == [0, 1, 2]
-    verdicts = batch.step({0: "Hello there", 1: "nope", 2: "Hello"})
-    assert verdicts[0] is Verdict.SATISFIED and verdicts[1] is Verdict.UNSATISFIED
-    assert verdicts[2] is Verdict.SATISFIED  # token F1("Hello", "Hello there") = 2/3 >= 0.6
-    assert batch.active == [0, 2]
+def test_splits_by_opening_and_saves_its_corpus(tmp_path) -> None:
+    dialogues = load_chatterbot()
+    family = Chatbot(ChatbotSettings(heldout_fraction=0.2), dialogues=dialogues)
+    train = {SimulatedUser.key(d[0].content) for d in family.train}
+    heldout = {SimulatedUser.key(d[0].content) for d in family.heldout}
+    assert family.heldout and not train & heldout  # no held-out opening is a training opening
+    assert 0.1 < len(family.heldout) / len(family.dialogues) < 0.3
+    family.save(tmp_path)
+    again = Chatbot(ChatbotSettings(heldout_fraction=0.2, jsonl="/nonexistent.jsonl"), run_dir=tmp_path)
+    assert again.train == family.train and again.heldout == family.heldout
+    assert family.tool("[lookup: anything]") is None

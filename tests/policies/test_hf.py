@@ -72,7 +72,12 @@ def test_logprobs_and_cache(arch: str, tiny_dir: Path, tiny_llama_dir: Path) -> 
     with torch.autocast("cpu", dtype=torch.bfloat16):  # train.precision bf16: rounding moves log-probs, no more
         half = pol.evaluate(prompts, gen.tokens).log_probs
         decoded = generate(pol, prompts, greedy).logprobs
-    assert torch.allclose(half, ev.log_probs, rtol=0.03, atol=0.01) and bool(torch.isfinite(decoded).all())
+    # a token at the edge of top-k / top-p may leave (or join) the kept set under bf16 rounding: it keeps only its
+    # epsilon share, log(0.02 / vocab) ~ -9.9; every other token moves by rounding only
+    close = torch.isclose(half, ev.log_probs, rtol=0.03, atol=0.01)
+    edge = torch.minimum(half, ev.log_probs) < math.log(SAMPLING.epsilon / len(tok)) + 0.1
+    assert bool((close | edge).all()) and float(close.float().mean()) > 0.9
+    assert bool(torch.isfinite(decoded).all())
 
 
 @pytest.mark.parametrize("algo", ["ppo", "trpo"])

@@ -15,9 +15,9 @@ from lmpo.train.logging import read_metrics
 
 TINY = ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.embed=32", "policy.hidden=64",
         "algo.name=ppo", "algo.epochs=2", "algo.batch_size=16",
-        "text.categories=[greetings]", "text.vocab_size=300", "text.pretrain.epochs=3",
+        "env.kwargs.categories=[greetings]", "text.vocab_size=300", "text.pretrain.epochs=3",
         "text.sampling.max_new_tokens=8", "text.conversations_per_update=4", "text.samples_per_prompt=2",
-        "text.user.max_turns=2", "train.total_steps=40", "train.eval_every=0", "train.checkpoint_every=2",
+        "env.kwargs.max_turns=2", "train.total_steps=40", "train.eval_every=0", "train.checkpoint_every=2",
         "train.progress=false"]
 
 
@@ -38,9 +38,9 @@ def test_train_eval_chat_load(tmp_path: Path, capsys: pytest.CaptureFixture[str]
     assert coefs == {0.07}  # the override holds (the pre-training checkpoint's 0.02 once won)
     assert read_run_config(run).text.kl.coef == 0.07 and (run / "config-until-iter0.yaml").is_file()
     assert "before RL" in out  # RL after `lmpo pretrain` starts at update 0: before and after columns
-    assert "satisfaction (train)" in out and "sample conversation" in out
+    assert "satisfaction (greedy)" in out and "training examples" in out and "sample conversation" in out
     assert main(["eval", str(run)]) == 0
-    assert "satisfaction (held-out)" in capsys.readouterr().out
+    assert "training examples" in capsys.readouterr().out
     policy, tokenizer = lmpo.load(run)
     assert not policy.training and tokenizer.eos_token == "<eos>"
     chat = subprocess.run([sys.executable, "-m", "lmpo.cli", "chat", str(run), "--temperature", "0"],
@@ -80,7 +80,7 @@ def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> Non
     trainer = Trainer(_cfg(tmp_path, "name=hf", "policy.kind=hf", f"policy.path={tmp_path / 'model'}",
                            "text.pretrain.epochs=1", "train.total_steps=16"))
     task_tok = trainer.task.tokenizer
-    assert task_tok.eos_token == "<|endoftext|>" and len(task_tok) == len(tok) + 3  # pad and two role tokens
+    assert task_tok.eos_token == "<|endoftext|>" and len(task_tok) == len(tok) + 4  # pad and three role tokens
     assert trainer.policy.pad_id != trainer.policy.eos_id == tok.eos_token_id
     original = model.get_input_embeddings().weight
     fresh = trainer.task.build_policy().body.model.get_input_embeddings().weight
@@ -96,7 +96,9 @@ def test_bf16_precision_trains_and_keeps_float32_weights(tmp_path: Path) -> None
     assert trainer.prepare_metrics["pretrain/train_ppl"] < 1.03 * fp32  # stale copies: 1.075x
     summary = trainer.train()
     assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
-    assert summary["eval/kl_ref"] > 0.0  # the updates moved the policy away from the reference
+    moved = [not torch.equal(p, r) for p, r in zip(trainer.policy.body.parameters(),
+                                                    trainer.task.reference.body.parameters(), strict=True)]
+    assert any(moved) and summary["eval/kl_ref"] != 0.0  # the updates moved the actor away from the reference
     assert all(p.dtype == torch.float32 for p in trainer.policy.parameters())
 
 
@@ -111,28 +113,35 @@ def test_sampled_evaluation_is_repeatable_and_leaves_the_training_stream(tmp_pat
 
 
 def test_sampled_evaluation_plays_eval_samples_per_opening(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    trainer = Trainer(_cfg(tmp_path, "name=ev3", "text.eval_conversations=8", "text.eval_samples=3"))
+    trainer = Trainer(_cfg(tmp_path, "name=ev3", "text.eval_conversations=8", "text.eval_samples=3",
+                           "env.kwargs.heldout_fraction=0.3"))
     task, played = trainer.task, []
-    play = task._play
+    play = task.play
 
     def spy(*args, **kwargs):
-        rollout, stats = play(*args, **kwargs)
+        rollout, stats, conversations = play(*args, **kwargs)
         played.append((args[2], len(set(rollout.episode_ids.tolist()))))  # (sampling settings, conversations)
-        return rollout, stats
+        return rollout, stats, conversations
 
-    monkeypatch.setattr(task, "_play", spy)
+    monkeypatch.setattr(task, "play", spy)
     task.evaluate(trainer.policy)
     sampled = [n for settings, n in played if settings is None]  # None: the policy's own sampling
-    assert sampled == [3 * 8]
-    assert [n for settings, n in played if settings is not None][0] == 8  # greedy: one per opening
+    heldout = len(task.eval_examples("heldout"))
+    assert heldout == 4 and sampled == [3 * 8, 3 * heldout]
+    assert [n for settings, n in played if settings is not None] == [8, heldout]  # greedy: one per opening
 
 
 def test_evaluation_reports_its_parts(tmp_path: Path) -> None:
-    trainer = Trainer(_cfg(tmp_path, "name=parts", "text.eval_conversations=8", "text.eval_samples=2"))
+    trainer = Trainer(_cfg(tmp_path, "name=parts", "text.eval_conversations=8", "text.eval_samples=2",
+                           "env.kwargs.heldout_fraction=0.3"))
     parts: list[str] = []
     trainer.task.evaluate(trainer.policy, parts.append)
-    assert parts == ["greedy replies to 8 training openings", f"greedy replies to {len(trainer.task.heldout)} "
-                     "held-out openings", "held-out perplexity", "sampled replies, 2 to each of 8 training openings"]
+    heldout = len(trainer.task.eval_examples("heldout"))
+    assert heldout > 0
+    assert parts == ["greedy conversations, 8 train", "sampled conversations, 2 per example, 8 train",
+                     f"greedy conversations, {heldout} heldout",
+                     f"sampled conversations, 2 per example, {heldout} heldout",
+                     "held-out perplexity"]
 
 
 def test_live_progress_with_periodic_evaluation(tmp_path: Path) -> None:
@@ -142,3 +151,34 @@ def test_live_progress_with_periodic_evaluation(tmp_path: Path) -> None:
     summary = trainer.train()
     evaluated = [r for r in read_metrics(trainer.run_dir) if "eval/train_satisfaction" in r]
     assert len(evaluated) >= 3 and summary["iterations"] > 0  # before, periodic, final
+
+
+def test_a_failing_user_reward_stops_with_one_line_and_the_run_resumes(tmp_path: Path,
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """A NaN from a user's reward: exit code 2, one line naming the reward and the input; the last checkpoint
+    stays intact and --resume works once the function is fixed."""
+    broken = tmp_path / "broken"
+    reward = tmp_path / "my_reward.py"
+    reward.write_text(f"""from pathlib import Path
+
+
+def brevity(prompts, completions, **fields):
+    bad = Path({str(broken)!r}).exists()
+    return [float("nan") if bad else -0.01 * len(c.split()) for c in completions]
+""")
+    spec = f"{reward}:brevity"
+    assert main(["train", *TINY, f"train.runs_dir={tmp_path}", "name=rw", "train.total_steps=20",
+                 f"text.rewards=[{{name: satisfaction}}, {{name: '{spec}', weight: 0.5}}]"]) == 0
+    run = tmp_path / "rw"
+    records = read_metrics(run)
+    assert any(f"rewards/{spec}" in r for r in records) and any("rewards/satisfaction" in r for r in records)
+    saved = (run / "checkpoints" / "latest").read_text()
+    broken.touch()  # the user's function now returns NaN
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.total_steps=60"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "my_reward.py:brevity" in err and "nan" in err and "completion 0" in err
+    assert (run / "checkpoints" / "latest").read_text() == saved  # nothing half-written
+    broken.unlink()  # fixed
+    assert main(["train", "--resume", str(run), "train.total_steps=60"]) == 0
+    assert max(r.get("env_steps", 0) for r in read_metrics(run)) >= 60

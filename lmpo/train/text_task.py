@@ -1,0 +1,233 @@
+"""The language-model task: one task for every text environment (Chatbot-v0, Support-v0, ...), chosen by ``env.id``.
+
+It builds the tokenizer and the policy, pre-trains on the environment's dialogues, freezes the reference, plays
+conversations through ``ConversationCollector`` (generate -> score -> shape) and evaluates every split the
+environment offers, greedy and sampled.
+"""
+
+from __future__ import annotations
+
+import copy
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from lmpo.config import Config, ConfigError
+from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
+from lmpo.data import Dialogue, add_chat_tokens, encode_dialogue, load_tokenizer, train_tokenizer
+from lmpo.data.corpus import Turn
+from lmpo.envs.text import Example, TextEnvironment, text_env
+from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
+from lmpo.policies.base import load_weights, save_weights
+from lmpo.rewards.registry import WeightedReward
+from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
+from lmpo.train.text import ConversationCollector, ConversationStats, Played
+
+HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
+
+
+def distinct_2(replies: list[str]) -> float:
+    """Distinct bigrams over all bigrams of the replies (Li et al. 2016): 1 is maximally varied."""
+    bigrams = [tuple(w[i:i + 2]) for w in (r.split() for r in replies) for i in range(len(w) - 1)]
+    return len(set(bigrams)) / len(bigrams) if bigrams else 0.0
+
+
+def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
+    """A batch of conversations' statistics as metrics named ``<prefix>satisfaction`` and so on."""
+    out = {f"{prefix}satisfaction": stats.satisfaction, f"{prefix}reward": stats.mean_reward,
+           f"{prefix}turns": stats.mean_turns, f"{prefix}reply_tokens": stats.mean_reply_tokens}
+    out.update({f"{prefix}{k.removeprefix('rewards/')}" if k.startswith("rewards/") else f"{prefix}{k}": v
+                for k, v in stats.extra.items()})
+    return out
+
+
+class TextTask:
+    """A text environment with a language-model policy."""
+
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device) -> None:
+        assert cfg.text is not None
+        family = text_env(cfg.env.id)
+        assert family is not None, cfg.env.id
+        self.cfg, self.t, self.run_dir, self.device = cfg, cfg.text, run_dir, device
+        self.env: TextEnvironment = family(family.Settings(**cfg.env.kwargs), cfg.seed, run_dir)
+        self.tokenizer = self._tokenizer()
+        self.rewards = WeightedReward.from_specs(self.t.rewards or list(family.default_rewards))
+        k = self.t.kl
+        self.kl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
+        self.sampling = SamplingConfig(**self.t.sampling.model_dump())
+        self.reference: LMPolicy | None = None
+        self.collector: ConversationCollector | None = None
+        self.steps = 0
+
+    def _tokenizer(self) -> Any:
+        """A given tokenizer, the run's own (resume, a finished run), an hf model's own with the chat tokens added,
+        or one trained here on the environment's texts."""
+        saved = self.run_dir / "tokenizer"
+        if saved.is_dir():
+            return load_tokenizer(saved)
+        if self.t.tokenizer:
+            tok = load_tokenizer(self.t.tokenizer)
+        elif self.cfg.policy.kind == "hf":
+            from transformers import AutoTokenizer
+
+            tok = AutoTokenizer.from_pretrained(str(self.cfg.policy.path))
+            add_chat_tokens(tok)
+        else:
+            tok = train_tokenizer(self.env.tokenizer_texts(), self.t.vocab_size, show_progress=self.cfg.train.progress)
+        tok.save_pretrained(saved)
+        return tok
+
+    # ------------------------------------------------------------------------------------- policy
+    def build_policy(self) -> LMPolicy:
+        """The language model of ``cfg.policy`` over this task's tokenizer, with a value head."""
+        p, tok = self.cfg.policy, self.tokenizer
+        if p.kind in ("gru", "lstm"):
+            body: Any = RecurrentLM(len(tok), p.kind, p.embed, p.hidden, dropout=p.dropout)
+        elif p.kind == "transformer":
+            body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout))
+        else:
+            body = self._hf_body()
+        return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)
+
+    def _hf_body(self) -> Any:
+        """The hf model: the run's own export once it has one (a finished run needs no base model), else
+        ``policy.path``, a local directory or a hub id."""
+        from lmpo.policies.hf import load_hf_body
+
+        export, path = self.run_dir / HF_EXPORT, str(self.cfg.policy.path)
+        if (export / "config.json").is_file():
+            return load_hf_body(export, len(self.tokenizer))
+        local = Path(path).expanduser()
+        if not local.is_dir() and (path.startswith((".", "/", "~")) or local.parent.is_dir() and local.parent.name):
+            raise ConfigError(f"policy.path: no such model directory: {path}")
+        try:
+            return load_hf_body(path, len(self.tokenizer))
+        except OSError as e:
+            raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded as a "
+                              f"hub id ({str(e).splitlines()[0]})") from None
+
+    def finish(self, policy: LMPolicy) -> None:
+        """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf``."""
+        if self.cfg.policy.kind == "hf":
+            from lmpo.policies.hf import save_hf_policy
+
+            save_hf_policy(policy, self.tokenizer, self.run_dir / HF_EXPORT)
+
+    def _encoded(self, dialogues: list[Dialogue]) -> list[Any]:
+        return [encode_dialogue(self.tokenizer, d) for d in dialogues]
+
+    def _collector(self, examples: list[Example], reference: LMPolicy | None, kl: FixedKLController,
+                   samples: int, seed: int = 0) -> ConversationCollector:
+        return ConversationCollector(self.env, examples, self.tokenizer, self.rewards, reference, kl,
+                                     self.t.kl.estimator, self.t.conversations_per_update, samples,
+                                     self.t.max_prompt_tokens, seed=seed)
+
+    def prepare(self, policy: LMPolicy, resumed: bool) -> dict[str, float]:
+        """Pre-train (once per run; a resumed run reloads the saved reference) and freeze the reference."""
+        ref_path = self.run_dir / "reference.safetensors"
+        metrics: dict[str, float] = {}
+        if resumed and ref_path.is_file():
+            ref = self.build_policy()  # a throwaway copy: frozen as it is
+            load_weights(ref, ref_path)
+        else:
+            self.env.save(self.run_dir)
+            pt = self.t.pretrain
+            if pt.epochs:
+                metrics = pretrain(policy, self._encoded(self.env.pretraining("train")),
+                                   self._encoded(self.env.pretraining("heldout")),
+                                   PretrainConfig(pt.epochs, pt.lr, pt.batch_size, pt.max_len, seed=self.cfg.seed),
+                                   progress=self.cfg.train.progress)
+            save_weights(policy, ref_path)
+            ref = copy.deepcopy(policy)
+        ref.eval()
+        ref.requires_grad_(False)
+        self.reference = ref.to(self.device)
+        self.collector = self._collector(self.env.examples("train"), self.reference, self.kl, self.t.samples_per_prompt,
+                                         seed=self.cfg.seed)
+        return metrics
+
+    # ------------------------------------------------------------------------------------ the loop
+    def collect(self, policy: LMPolicy) -> tuple[Rollout, dict[str, float]]:
+        """Conversations in the environment; the KL coefficient adapts to the measured KL."""
+        assert self.collector is not None
+        rollout, stats, _ = self.collector.collect(policy)
+        self.steps += rollout.batch_size
+        self.kl.update(stats.mean_kl, rollout.batch_size)
+        metrics = {"charts/satisfaction": stats.satisfaction, "charts/episode_return": stats.mean_reward,
+                   "charts/turns": stats.mean_turns, "charts/kl_ref": stats.mean_kl, "charts/kl_coef": self.kl.value,
+                   "charts/reply_tokens": stats.mean_reply_tokens}
+        metrics.update({k if k.startswith("rewards/") else f"charts/{k}": v for k, v in stats.extra.items()})
+        return rollout, metrics
+
+    def after_update(self, policy: LMPolicy, rollout: Rollout) -> None:
+        """Nothing to do."""
+
+    def play(self, policy: LMPolicy, examples: list[Example], sampling: SamplingConfig | None,
+             reference: LMPolicy | None = None, samples: int = 1) -> tuple[Rollout, ConversationStats, Played]:
+        """``samples`` conversations per example with the given sampling settings (None: the policy's own)."""
+        col = self._collector(examples, reference, FixedKLController(0.0), samples)
+        return col.collect(policy, list(range(len(examples))), sampling)
+
+    @torch.no_grad()
+    def converse(self, policy: LMPolicy, example: Example, sampling: SamplingConfig
+                 ) -> list[tuple[Turn, dict[str, Any]]]:
+        """Play one conversation; every turn, with the environment's info on bot turns."""
+        return self.play(policy, [example], sampling)[2].transcripts[0]
+
+    def eval_examples(self, split: str) -> list[Example]:
+        """The first ``text.eval_conversations`` examples of a split (all when 0)."""
+        n = self.t.eval_conversations
+        data = self.env.examples(split)
+        return data[:n] if n else data
+
+    @torch.no_grad()
+    def evaluate(self, policy: LMPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:
+        """Per split: greedy conversations (satisfaction and the environment's measures, diversity), sampled ones
+        (satisfaction, KL to the reference); held-out perplexity. ``report(part)`` as each part starts."""
+        out: dict[str, float] = {}
+        say = report or (lambda part: None)
+        greedy = self.sampling.as_greedy()
+        for split in self.env.eval_splits:
+            examples = self.eval_examples(split)
+            if not examples:
+                continue
+            say(f"greedy conversations, {len(examples)} {split}")
+            _, stats, played = self.play(policy, examples, greedy)
+            out.update(stats_metrics(f"eval/{split}_", stats))
+            out[f"eval/{split}_distinct2"] = distinct_2([r.text for r in played.replies])
+            say(f"sampled conversations, {self.t.eval_samples} per example, {len(examples)} {split}")
+            devices = [self.device.index or 0] if self.device.type == "cuda" else []
+            with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
+                torch.manual_seed(self.cfg.seed)
+                _, stats, _ = self.play(policy, examples, None, self.reference, self.t.eval_samples)
+            out.update({k: v for k, v in stats_metrics(f"eval/{split}_sampled_", stats).items()
+                        if not k.endswith(("_reply_tokens", "_turns"))})
+            if self.reference is not None:
+                out[f"eval/{split}_kl_ref"] = stats.mean_kl
+        heldout = self.env.pretraining("heldout")
+        if heldout:
+            say("held-out perplexity")
+            out["eval/heldout_ppl"] = perplexity(policy, self._encoded(heldout), max_len=self.t.pretrain.max_len)
+        if "eval/train_kl_ref" in out:
+            out["eval/kl_ref"] = out["eval/train_kl_ref"]
+        out["eval/mean_return"] = out["eval/train_reward"]
+        return out
+
+    # ---------------------------------------------------------------------------------- checkpoint
+    def state(self) -> bytes | None:
+        """The collector's random generator and the KL coefficient."""
+        assert self.collector is not None
+        return pickle.dumps({"rng": self.collector.rng.bit_generator.state, "kl": self.kl.state_dict()})
+
+    def restore(self, state: bytes | None, steps: int) -> None:
+        """Continue the conversation stream and the KL schedule."""
+        self.steps = steps
+        if state is not None:
+            saved = pickle.loads(state)
+            self.kl.load_state_dict(saved["kl"])
+            assert self.collector is not None
+            self.collector.rng.bit_generator.state = saved["rng"]
+
