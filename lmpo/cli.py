@@ -22,7 +22,7 @@ if TYPE_CHECKING:
     from lmpo.data import Turn
 
 EXIT_USAGE = 2
-DEFAULT_RECIPE_NAME = "chatbot"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
+DEFAULT_RECIPE_NAME = "support"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
 CONTROL_EVAL_EPISODES = 10
 CONTROL_EVAL_SEED = 12345
 MAX_TOOL_CALLS = 4  # tool calls the bot may make in one chat turn before it must answer

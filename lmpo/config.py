@@ -118,7 +118,12 @@ class TextConfig(Section):
         if v is not None:
             from lmpo.rewards.registry import WeightedReward
 
-            WeightedReward.from_specs(v)  # a RewardError (a ValueError) names the problem
+            # a RewardError (a ValueError) names the problem; a reward file that is not here is checked where the run
+            # is built (a moved run reads its own copy of it)
+            here = [r for r in v if not (".py:" in str(r.get("name")) and not Path(str(r["name"]).rpartition(":")[0])
+                                         .is_file())]
+            if here:
+                WeightedReward.from_specs(here)
         return v
 
 
@@ -264,7 +269,7 @@ def _format_error(e: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in e.errors():
         loc = prefix + ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
-        loc = ".".join(p for p in loc.split(".") if p not in ("reinforce", "trpo", "ppo")) or "config"
+        loc = ".".join(p for p in loc.split(".") if p and p not in ("reinforce", "trpo", "ppo")) or "config"
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"

@@ -93,8 +93,9 @@ def add_chat_tokens(tok: PreTrainedTokenizerBase) -> list[str]:
 
 
 def check_chat_tokenizer(tok: PreTrainedTokenizerBase, name: str = "tokenizer") -> None:
-    """Raise ``ValueError`` unless ``tok`` has the role tokens and distinct pad, bos and eos tokens."""
-    missing = [t for t in ROLE_TOKENS.values() if t not in tok.get_vocab()]
+    """Raise ``ValueError`` unless ``tok`` has the user and assistant role tokens and distinct pad, bos and eos
+    tokens (``<|tool|>`` is needed only where a tool answers: a tokenizer made before it existed still chats)."""
+    missing = [t for t in (USER, ASSISTANT) if t not in tok.get_vocab()]
     missing += [f"{k} token" for k in ("pad", "bos", "eos") if getattr(tok, f"{k}_token") is None]
     if missing:
         raise ValueError(f"{name} lacks the chat format's tokens {missing} (lmpo.data.add_chat_tokens adds them)")

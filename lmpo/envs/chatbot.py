@@ -16,9 +16,9 @@ from enum import Enum
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import Field
+from pydantic import Field, model_validator
 
-from lmpo.data.corpus import Dialogue, Turn, load_chatterbot, load_jsonl, split_dialogues
+from lmpo.data.corpus import CorpusError, Dialogue, Turn, load_chatterbot, load_jsonl, split_dialogues
 from lmpo.data.matching import normalize, token_f1
 from lmpo.data.tokenizer import dialogue_texts, train_tokenizer
 from lmpo.envs.text import EnvSettings, Example, TextStep, TokenTextEnv
@@ -110,6 +110,12 @@ class ChatbotSettings(EnvSettings):
     neutral_at: float = Field(0.3, ge=0, le=1, description="Token F1 at which the user is neutral.")
     max_turns: int = Field(3, ge=1, description="Most bot replies per conversation.")
 
+    @model_validator(mode="after")
+    def _thresholds(self) -> ChatbotSettings:
+        if self.neutral_at > self.satisfied_at:
+            raise ValueError("neutral_at must not exceed satisfied_at")
+        return self
+
 
 class Chatbot:
     """Chit-chat from the chatterbot-corpus (or a user's JSONL dialogues), split by opening line."""
@@ -131,7 +137,7 @@ class Chatbot:
         self.dialogues = list(dict.fromkeys(dialogues))
         self.train, self.heldout = split_dialogues(self.dialogues, settings.heldout_fraction)
         if not self.train:
-            raise ValueError("no training conversations (heldout_fraction too large for this corpus?)")
+            raise CorpusError("no training conversations (env.kwargs.heldout_fraction too large for this corpus?)")
         self.user = SimulatedUser(self.dialogues, settings.satisfied_at, settings.neutral_at)
 
     def examples(self, split: str) -> list[Example]:

@@ -27,7 +27,7 @@ from pydantic import Field, field_validator
 from lmpo.data.corpus import Dialogue, Turn
 from lmpo.data.matching import states_value, word_count
 from lmpo.data.tokenizer import train_tokenizer
-from lmpo.envs.knowledge import Attribute, KnowledgeBase, Row, load_knowledge_base, shop
+from lmpo.envs.knowledge import Attribute, KnowledgeBase, KnowledgeBaseError, Row, load_knowledge_base, shop
 from lmpo.envs.text import EnvSettings, Example, TextStep, TokenTextEnv
 
 LOOKUP = re.compile(r"^\s*\[\s*lookup\s*:\s*([^\]]*)\]?", re.IGNORECASE)
@@ -165,7 +165,8 @@ class Support:
         self.entities = dict(zip(SPLITS, self.kb.split(settings.entity_split), strict=True))
         for split, rows in self.entities.items():
             if not rows:
-                raise ValueError(f"no {split} entities: the knowledge base has {len(self.kb.rows)} rows")
+                raise KnowledgeBaseError(f"no {split} entities: the knowledge base has {len(self.kb.rows)} rows "
+                                         "(env.kwargs.entity_split gives each set a share)")
         self._examples: dict[str, list[Example]] = {}
         self._dialogues: dict[str, list[Dialogue]] = {}
 

@@ -90,5 +90,6 @@ def latest_checkpoint(ckpt_dir: Path) -> Path | None:
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
     """Load weights into ``model`` and return the saved training state."""
     load_weights(model, path / "policy.safetensors")
-    state: dict[str, Any] = torch.load(path / "state.pt", weights_only=False)
+    # the saved RNG and optimiser state may come from another device (a GPU run loaded on a CPU machine)
+    state: dict[str, Any] = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
     return state

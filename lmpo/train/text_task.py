@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import pickle
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,8 +40,9 @@ def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
     """A batch of conversations' statistics as metrics named ``<prefix>satisfaction`` and so on."""
     out = {f"{prefix}satisfaction": stats.satisfaction, f"{prefix}reward": stats.mean_reward,
            f"{prefix}turns": stats.mean_turns, f"{prefix}reply_tokens": stats.mean_reply_tokens}
-    out.update({f"{prefix}{k.removeprefix('rewards/')}" if k.startswith("rewards/") else f"{prefix}{k}": v
-                for k, v in stats.extra.items()})
+    # reward components keep their "rewards/" ("eval/heldout_rewards/satisfaction"): the satisfaction reward is a
+    # mean verdict, not the share of satisfied replies that <prefix>satisfaction is
+    out.update({f"{prefix}{k}": v for k, v in stats.extra.items()})
     return out
 
 
@@ -54,13 +56,30 @@ class TextTask:
         self.cfg, self.t, self.run_dir, self.device = cfg, cfg.text, run_dir, device
         self.env: TextEnvironment = family(family.Settings(**cfg.env.kwargs), cfg.seed, run_dir)
         self.tokenizer = self._tokenizer()
-        self.rewards = WeightedReward.from_specs(self.t.rewards or list(family.default_rewards))
+        self.rewards = WeightedReward.from_specs(self._reward_specs())
         k = self.t.kl
         self.kl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
         self.sampling = SamplingConfig(**self.t.sampling.model_dump())
         self.reference: LMPolicy | None = None
         self.collector: ConversationCollector | None = None
         self.steps = 0
+
+    def _reward_specs(self) -> list[dict[str, Any]]:
+        """``text.rewards`` (or the environment's default), a user's reward file copied into ``<run>/rewards``: a run
+        moved to where that file is not reads its own copy."""
+        specs = [dict(s) for s in (self.t.rewards or self.env.default_rewards)]
+        saved = self.run_dir / "rewards"
+        for spec in specs:
+            path, sep, fn = str(spec["name"]).rpartition(":")
+            if not sep or not path.endswith(".py"):
+                continue
+            copy = saved / Path(path).name
+            if Path(path).is_file():
+                saved.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, copy)
+            elif copy.is_file():
+                spec["name"] = f"{copy}:{fn}"
+        return specs
 
     def _tokenizer(self) -> Any:
         """A given tokenizer, the run's own (resume, a finished run), an hf model's own with the chat tokens added,
@@ -69,7 +88,10 @@ class TextTask:
         if saved.is_dir():
             return load_tokenizer(saved)
         if self.t.tokenizer:
-            tok = load_tokenizer(self.t.tokenizer)
+            try:
+                tok = load_tokenizer(self.t.tokenizer)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"text.tokenizer: {str(e).splitlines()[0]}") from None
         elif self.cfg.policy.kind == "hf":
             from transformers import AutoTokenizer
 

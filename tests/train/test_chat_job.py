@@ -182,3 +182,11 @@ def brevity(prompts, completions, **fields):
     broken.unlink()  # fixed
     assert main(["train", "--resume", str(run), "train.total_steps=60"]) == 0
     assert max(r.get("env_steps", 0) for r in read_metrics(run)) >= 60
+
+
+def test_evaluation_keeps_satisfaction_apart_from_the_satisfaction_reward(tmp_path: Path) -> None:
+    trainer = Trainer(_cfg(tmp_path, "name=sat", "text.eval_conversations=8", "env.kwargs.satisfied_at=0.9",
+                           "env.kwargs.neutral_at=0.0"))  # every reply is at least neutral: verdict mean > share
+    out = trainer.task.evaluate(trainer.policy)
+    assert out["eval/train_rewards/satisfaction"] == pytest.approx(out["eval/train_reward"])
+    assert out["eval/train_satisfaction"] < out["eval/train_rewards/satisfaction"]
