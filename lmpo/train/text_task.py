@@ -95,7 +95,12 @@ class TextTask:
         elif self.cfg.policy.kind == "hf":
             from transformers import AutoTokenizer
 
-            tok = AutoTokenizer.from_pretrained(str(self.cfg.policy.path))
+            path = self._hf_path()
+            try:
+                tok = AutoTokenizer.from_pretrained(path)
+            except (OSError, ValueError) as e:
+                raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded "
+                                  f"as a hub id ({str(e).splitlines()[0]})") from None
             add_chat_tokens(tok)
         else:
             tok = train_tokenizer(self.env.tokenizer_texts(), self.t.vocab_size, show_progress=self.cfg.train.progress)
@@ -114,20 +119,27 @@ class TextTask:
             body = self._hf_body()
         return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)
 
-    def _hf_body(self) -> Any:
-        """The hf model: the run's own export once it has one (a finished run needs no base model), else
-        ``policy.path``, a local directory or a hub id."""
-        from lmpo.policies.hf import load_hf_body
-
-        export, path = self.run_dir / HF_EXPORT, str(self.cfg.policy.path)
-        if (export / "config.json").is_file():
-            return load_hf_body(export, len(self.tokenizer))
+    def _hf_path(self) -> str:
+        """``policy.path``: a local directory, or a hub id. A path that names a local place (``./``, ``/``, ``~`` or
+        an existing parent directory) but no directory is a mistake, not a hub id."""
+        path = str(self.cfg.policy.path)
         local = Path(path).expanduser()
         if not local.is_dir() and (path.startswith((".", "/", "~")) or local.parent.is_dir() and local.parent.name):
             raise ConfigError(f"policy.path: no such model directory: {path}")
+        return path
+
+    def _hf_body(self) -> Any:
+        """The hf model: the run's own export once it has one (a finished run needs no base model), else
+        ``policy.path``."""
+        from lmpo.policies.hf import load_hf_body
+
+        export = self.run_dir / HF_EXPORT
+        if (export / "config.json").is_file():
+            return load_hf_body(export, len(self.tokenizer))
+        path = self._hf_path()
         try:
             return load_hf_body(path, len(self.tokenizer))
-        except OSError as e:
+        except (OSError, ValueError) as e:
             raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded as a "
                               f"hub id ({str(e).splitlines()[0]})") from None
 

@@ -1,5 +1,6 @@
 """The dialogue job end to end on a tiny configuration: train, eval, chat, load, pretrain + resume."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -87,6 +88,15 @@ def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> Non
     assert fresh.shape[0] == len(task_tok) and torch.equal(fresh[: len(tok)], original)
     summary = trainer.train()
     assert summary["iterations"] > 0 and 0.0 <= summary["eval/train_satisfaction"] <= 1.0
+    export = trainer.run_dir / "hf"  # save_pretrained of the trained model and its tokenizer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    trained = AutoModelForCausalLM.from_pretrained(export)
+    assert torch.equal(trained.get_input_embeddings().weight, trainer.policy.body.model.get_input_embeddings().weight)
+    assert len(AutoTokenizer.from_pretrained(export)) == len(task_tok)
+    shutil.rmtree(tmp_path / "model")  # the base model is gone: the run still loads, from its export
+    policy, _ = lmpo.load(trainer.run_dir)
+    assert torch.equal(policy.body.model.get_input_embeddings().weight, trained.get_input_embeddings().weight)
 
 
 def test_bf16_precision_trains_and_keeps_float32_weights(tmp_path: Path) -> None:

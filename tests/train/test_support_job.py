@@ -101,3 +101,21 @@ def test_every_support_recipe_trains(tmp_path: Path, recipe: str) -> None:
     assert summary["iterations"] > 0 and 0.0 <= summary["eval/heldout_satisfaction"] <= 1.0
     moved = [not torch.equal(a, b) for a, b in zip(before, trainer.policy.body.parameters(), strict=True)]
     assert any(moved)  # the actor itself was updated, not only the value head
+
+
+@pytest.mark.parametrize(("override", "message"), [
+    ("policy.kind=hf", "policy.path: no such model directory: ./models/tiny-gtp"),
+    ("env.kwargs.knowledge_base=KB", "KB:1: missing 'name' column"),
+    ("env.kwargs.knowledge_base=JSONL", "JSONL:2: not valid JSON"),
+])
+def test_a_users_bad_file_ends_with_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str], override: str, message: str) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "models").mkdir()
+    (tmp_path / "kb.csv").write_text("title,price\nLamp,$3\n")
+    (tmp_path / "kb.jsonl").write_text('{"name": "Lamp", "price": "$3"}\n{"name": "Mug", price: 2}\n')
+    override = override.replace("KB", str(tmp_path / "kb.csv")).replace("JSONL", str(tmp_path / "kb.jsonl"))
+    message = message.replace("KB", str(tmp_path / "kb.csv")).replace("JSONL", str(tmp_path / "kb.jsonl"))
+    assert main(["train", "support", *TINY, "policy.path=./models/tiny-gtp", override]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err, err
