@@ -56,9 +56,9 @@ class SupportSettings(EnvSettings):
     max_words: int = Field(15, ge=1, description="Longest answer (words) the customer is satisfied with.")
     max_lookups: int = Field(2, ge=0, description="Lookups per turn; one more is judged as the answer.")
     lookup_results: int = Field(1, ge=1, description="Rows a lookup returns.")
-    transcripts: int = Field(3000, ge=1, description="Historical transcripts generated for pre-training.")
+    transcripts: int = Field(2000, ge=1, description="Historical transcripts generated for pre-training.")
     agents: dict[str, float] = Field(
-        default_factory=lambda: {"memory": 0.45, "lookup_verbose": 0.2, "lookup_concise": 0.15, "deflect": 0.2},
+        default_factory=lambda: {"memory": 0.45, "lookup_concise": 0.3, "lookup_verbose": 0.1, "deflect": 0.15},
         description="Shares of agent styles in the transcripts: lookup_concise, memory (answers from a stale "
         "knowledge base), lookup_verbose, deflect.")
     stale_share: float = Field(0.8, ge=0, le=1, description="Share of values that changed since the agents "
