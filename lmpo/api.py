@@ -5,6 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 
 def load_run(run_dir: str | Path, device: str | None = None, overrides: list[str] | None = None
              ) -> tuple[Any, Any, str]:
@@ -20,7 +22,10 @@ def load_run(run_dir: str | Path, device: str | None = None, overrides: list[str
     ckpt = latest_checkpoint(run_dir / "checkpoints")
     if ckpt is None:
         raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")
-    dev = resolve_device(device or cfg.train.device)
+    wanted = device or cfg.train.device
+    if device is None and wanted.startswith("cuda") and not torch.cuda.is_available():
+        wanted = "cpu"  # a GPU run, moved to a machine without one
+    dev = resolve_device(wanted)
     task = make_task(cfg, run_dir, dev)
     policy = task.build_policy()
     load_checkpoint(ckpt, policy)

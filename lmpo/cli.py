@@ -132,9 +132,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _text_eval_overrides(args: argparse.Namespace) -> list[str]:
-    """A text run's evaluation settings from the command line (its own where not given)."""
-    overrides = [] if args.seed is None else [f"seed={args.seed}"]
-    return overrides + ([] if args.episodes is None else [f"text.eval_conversations={args.episodes}"])
+    """A text run's number of evaluated conversations from the command line (its own where not given)."""
+    return [] if args.episodes is None else [f"text.eval_conversations={args.episodes}"]
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
@@ -147,13 +146,15 @@ def _cmd_eval(args: argparse.Namespace) -> int:
                               "and sampled replies)")
         task, policy, ckpt_name = load_run(args.run_dir, overrides=_text_eval_overrides(args))
         cfg = task.cfg
+        if args.seed is not None:  # the sampled conversations' draws; the examples stay the run's own
+            task.eval_seed = args.seed
         task.prepare(policy, resumed=True)  # the saved reference, for the KL column
         from lmpo.train.progress import PhaseStatus
         from lmpo.train.report import print_eval_table
 
         with PhaseStatus("evaluate", enabled=cfg.train.progress) as status:
             table = task.evaluate(policy, status.part)
-        print_eval_table({"after": table}, title=f"{cfg.env.id}  {ckpt_name}  seed {cfg.seed}")
+        print_eval_table({"after": table}, title=f"{cfg.env.id}  {ckpt_name}  seed {task.eval_seed}")
         return 0
     from lmpo.train.evaluate import evaluate_policy
 
@@ -254,11 +255,14 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
     if tokenizer is None:
         raise ConfigError(f"{run_dir} is not a dialogue run")
 
+    context = args.max_context or task.t.max_prompt_tokens
+    device = next(policy.parameters()).device
+
     def reply(history: list[Turn]) -> list[Turn]:
         turns: list[Turn] = []
         for _ in range(MAX_TOOL_CALLS + 1):
-            prompt = encode_prompt(tokenizer, history + turns, args.max_context)  # the last max_context tokens
-            gen = generate(policy, left_pad([prompt], policy.pad_id), sampling)
+            prompt = encode_prompt(tokenizer, history + turns, context)  # the last `context` tokens
+            gen = generate(policy, left_pad([prompt], policy.pad_id, device), sampling)
             turns.append(Turn("assistant", decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())))
             result = task.env.tool(turns[-1].content)
             if result is None:
@@ -316,7 +320,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=0, help="keep the k most likely tokens (0: off)")
     p.add_argument("--top-p", type=float, default=0.9, help="nucleus sampling mass (1: off)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="longest reply")
-    p.add_argument("--max-context", type=int, default=256, help="dialogue tokens kept as context")
+    p.add_argument("--max-context", type=int, default=None,
+                   help="dialogue tokens kept as context (default: the run's text.max_prompt_tokens)")
     p.set_defaults(fn=_cmd_chat)
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
     p.add_argument("run_dir")
@@ -357,10 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, CorpusError, KnowledgeBaseError) as e:  # the user's file or setting: one line
         print(f"lmpo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except RewardError as e:  # a user's reward function failed: theirs to fix, then --resume
+    except RewardError as e:  # a reward failed (a user's function, or a built-in given fields its env lacks)
         print(f"lmpo: error: {e}", file=sys.stderr)
-        if not e.user:
-            raise
         return EXIT_USAGE
     except KeyboardInterrupt:
         resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""

@@ -29,7 +29,8 @@ class EnvConfig(Section):
     vectorization: Literal["sync", "async"] = Field(
         "sync", description="Gymnasium SyncVectorEnv (one process, resumable) or AsyncVectorEnv (subprocesses)."
     )
-    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for gymnasium.make.")
+    kwargs: dict[str, Any] = Field(default_factory=dict, description="Extra keyword arguments for gymnasium.make; "
+                                   "for a text environment, its own settings (tables below).")
 
     @field_validator("id")
     @classmethod
@@ -104,7 +105,8 @@ class TextConfig(Section):
     rewards: list[dict[str, Any]] | None = Field(
         None, description="The reward: a weighted sum of reward functions, each {name: <registered name, "
         "module:function or file.py:function>, weight: 1.0, <its settings>} (None: the environment's default).")
-    conversations_per_update: int = Field(16, ge=1, description="Opening lines drawn (with replacement) per update.")
+    conversations_per_update: int = Field(16, ge=1, description="Examples (opening lines, customer goals) drawn "
+                                          "with replacement per update.")
     samples_per_prompt: int = Field(4, ge=1, description="Conversations played from each opening line.")
     max_prompt_tokens: int = Field(96, ge=8, description="Dialogue history kept in a prompt (the last tokens).")
     eval_conversations: int = Field(0, ge=0, description="Conversations per evaluation split (0: all).")
@@ -118,6 +120,8 @@ class TextConfig(Section):
         if v is not None:
             from lmpo.rewards.registry import WeightedReward
 
+            if not v:
+                raise ValueError("name at least one reward (or leave text.rewards out for the environment's own)")
             # a RewardError (a ValueError) names the problem; a reward file that is not here is checked where the run
             # is built (a moved run reads its own copy of it)
             here = [r for r in v if not (".py:" in str(r.get("name")) and not Path(str(r["name"]).rpartition(":")[0])

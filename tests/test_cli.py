@@ -189,7 +189,7 @@ def test_eval_of_a_text_run_honours_seed_and_conversations(text_run: Path, monke
 
     def spy(*args, **kwargs):
         task, policy, name = load_run(*args, **kwargs)
-        evaluated.append(task.cfg)
+        evaluated.append(task)
         return task, policy, name
 
     monkeypatch.setattr(lmpo.api, "load_run", spy)
@@ -197,7 +197,8 @@ def test_eval_of_a_text_run_honours_seed_and_conversations(text_run: Path, monke
     assert "seed 3" in capsys.readouterr().out
     assert main(["eval", str(text_run), "--episodes", "4"]) == 0
     assert "seed 5" in capsys.readouterr().out  # the run's own seed by default
-    assert [(c.seed, c.text.eval_conversations) for c in evaluated] == [(3, 2), (5, 4)]
+    # --seed draws the sampled conversations anew; the examples (built from the run's own seed) stay the same
+    assert [(t.eval_seed, t.cfg.seed, t.cfg.text.eval_conversations) for t in evaluated] == [(3, 5, 2), (5, 5, 4)]
     assert main(["eval", str(text_run), "--stochastic"]) == 2
     err = capsys.readouterr().err.splitlines()
     assert len(err) == 1 and err[0].startswith("lmpo: error: --stochastic is for control runs")

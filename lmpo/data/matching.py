@@ -54,12 +54,12 @@ def token_f1(candidate: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def _numbers(text: str) -> list[float]:
+def numbers_in(text: str) -> list[float]:
     """Every number written in ``text`` ("1,299.00" is 1299.0)."""
     return [float(m.replace(",", "")) for m in _NUMBER.findall(text)]
 
 
-def _dates(text: str) -> set[tuple[int, int]]:
+def dates_in(text: str) -> set[tuple[int, int]]:
     """Every (month, day) written in ``text``: "December 14", "14 Dec", "2026-12-14", "12/14"."""
     low = text.lower()
     found = {(int(m), int(d)) for _, m, d in _ISO_DATE.findall(low)}
@@ -78,7 +78,7 @@ def _dates(text: str) -> set[tuple[int, int]]:
 
 def as_date(value: str) -> tuple[int, int] | None:
     """The (month, day) that ``value`` is, when it is a date and nothing else."""
-    dates = _dates(value)
+    dates = dates_in(value)
     return next(iter(dates)) if len(dates) == 1 and len(normalize(value)) <= 3 else None
 
 
@@ -90,10 +90,10 @@ def states_value(reply: str, value: str) -> bool:
     """
     date = as_date(value)
     if date is not None:
-        return date in _dates(reply)
-    wanted = _numbers(value)
+        return date in dates_in(reply)
+    wanted = numbers_in(value)
     if wanted:
-        return all(n in _numbers(reply) for n in wanted)
+        return all(n in numbers_in(reply) for n in wanted)
     target, words = normalize(value), normalize(reply)
     if not target:
         return False

@@ -68,6 +68,7 @@ class KnowledgeBase:
         self._idf = {t: math.log(1 + len(self.rows) / c) for t, c in df.items()}
         self._by_key = {self.key(r["name"]): r for r in self.rows}
         self.longest_name = max(len(k.split()) for k in self._by_key)
+        self._values: dict[str, list[str]] = {}
 
     @staticmethod
     def key(name: str) -> str:
@@ -77,6 +78,12 @@ class KnowledgeBase:
     def get(self, name: str) -> Row | None:
         """The entity called ``name`` (normalised), if any."""
         return self._by_key.get(self.key(name))
+
+    def values(self, attribute: str) -> list[str]:
+        """The distinct values of ``attribute`` (for a customer who rejects a list of every possible value)."""
+        if attribute not in self._values:
+            self._values[attribute] = sorted({r[attribute] for r in self.rows if r.get(attribute)})
+        return self._values[attribute]
 
     def askable(self, row: Row) -> list[str]:
         """The attributes of ``row`` that have a value."""
@@ -283,6 +290,7 @@ def load_knowledge_base(path: str | Path, questions: dict[str, list[str]] | None
     unknown = sorted((set(questions) | set(heldout_questions) | set(answers)) - set(keys))
     if unknown:
         raise KnowledgeBaseError(f"{path}: templates for unknown attributes {unknown} (columns: {', '.join(keys)})")
+    _check_templates(path, questions, heldout_questions, answers)
     attributes = {}
     for k in keys:
         base = Attribute.default(k)
@@ -292,6 +300,27 @@ def load_knowledge_base(path: str | Path, questions: dict[str, list[str]] | None
         return KnowledgeBase(rows, attributes)
     except KnowledgeBaseError as e:
         raise KnowledgeBaseError(f"{path}: {e}") from None
+
+
+def _check_templates(path: Path, questions: Any, heldout_questions: Any, answers: Any) -> None:
+    """Every template a string (questions: a list of them per attribute) that fills with {name}, {Name}, {value}
+    and {label} and nothing else."""
+    kinds = (("questions", questions, True), ("heldout_questions", heldout_questions, True),
+             ("answers", answers, False))
+    for kind, mapping, listed in kinds:
+        if not isinstance(mapping, dict):
+            raise KnowledgeBaseError(f"{path}: {kind} must map attributes to templates")
+        for attr, value in mapping.items():
+            templates = value if listed else [value]
+            if not isinstance(templates, list) or not templates or not all(isinstance(t, str) for t in templates):
+                wanted = "a list of strings" if listed else "a string"
+                raise KnowledgeBaseError(f"{path}: {kind}.{attr} must be {wanted}")
+            for t in templates:
+                try:
+                    t.format(name="x", Name="X", value="v", label="l")
+                except (KeyError, IndexError, ValueError) as e:
+                    raise KnowledgeBaseError(f"{path}: {kind}.{attr}: template {t!r} has an unknown field ({e}); "
+                                             "use {name}, {Name}, {value}, {label}") from None
 
 
 def _checked(row: object, where: str) -> Row:

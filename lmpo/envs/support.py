@@ -25,7 +25,7 @@ import numpy as np
 from pydantic import Field, field_validator
 
 from lmpo.data.corpus import Dialogue, Turn
-from lmpo.data.matching import states_value, word_count
+from lmpo.data.matching import as_date, dates_in, numbers_in, states_value, word_count
 from lmpo.data.tokenizer import train_tokenizer
 from lmpo.envs.knowledge import Attribute, KnowledgeBase, KnowledgeBaseError, Row, load_knowledge_base, shop
 from lmpo.envs.text import EnvSettings, Example, TextStep, TokenTextEnv
@@ -48,8 +48,8 @@ class SupportSettings(EnvSettings):
                                                     "for evaluation (the held-out-phrasing split).")
     answers: dict[str, str] = Field(default_factory=dict, description="The transcripts' concise answer per attribute "
                                     "({name}, {value}).")
-    products: int = Field(600, ge=1, description="lmpo's shop: products.")
-    orders: int = Field(600, ge=0, description="lmpo's shop: orders.")
+    products: int = Field(600, ge=1, le=14_400, description="lmpo's shop: products.")
+    orders: int = Field(600, ge=0, le=9_000, description="lmpo's shop: orders.")
     entity_split: list[float] = Field([0.5, 0.25, 0.25], min_length=3, max_length=3,
                                       description="Shares of entities for transcripts, RL and held-out evaluation.")
     max_questions: int = Field(3, ge=1, description="Most questions in a customer's goal (1 to this many).")
@@ -103,13 +103,28 @@ def lookup(kb: KnowledgeBase, query: str, k: int = 1) -> Turn:
     return Turn("tool", " || ".join(kb.format_row(r) for r in rows) if rows else "no match")
 
 
+def states_only(kb: KnowledgeBase, reply: str, entity: str, attribute: str, value: str) -> bool:
+    """Whether ``reply`` states ``value`` and no other value of ``attribute``: a list of every colour, or of the
+    numbers 1 to 14, is not an answer. Numbers in the entity's name ("order 4821") do not count."""
+    if not states_value(reply, value):
+        return False
+    date = as_date(value)
+    if date is not None:
+        return dates_in(reply) == {date}
+    wanted = numbers_in(value)
+    if wanted:
+        return set(numbers_in(reply)) - set(numbers_in(entity)) == set(wanted)
+    return not any(states_value(reply, other) for other in kb.values(attribute) if other != value
+                   and not states_value(value, other))
+
+
 def judge(kb: KnowledgeBase, question: Question, reply: str, max_words: int) -> tuple[float, bool]:
     """The customer's verdict on ``reply`` to ``question`` (1.0, 0.5, 0.0) and whether the value was correct."""
     row = kb.get(question.entity)
     assert row is not None
     value = row[question.attribute]
     others = set(kb.mentioned(reply)) - {kb.key(question.entity), kb.key(value)}
-    correct = states_value(reply, value) and not others
+    correct = not others and states_only(kb, reply, question.entity, question.attribute, value)
     if not correct:
         return 0.0, False
     return (1.0 if word_count(reply) <= max_words else 0.5), True
@@ -162,7 +177,9 @@ class Support:
         saved = run_dir / SAVED_KB if run_dir is not None else None
         self.kb = load_saved(saved) if saved is not None and saved.is_file() else self._knowledge_base()
         self.seed = seed
-        self.entities = dict(zip(SPLITS, self.kb.split(settings.entity_split), strict=True))
+        # a row with no value has nothing to ask about
+        sets = [[r for r in rows if self.kb.askable(r)] for rows in self.kb.split(settings.entity_split)]
+        self.entities = dict(zip(SPLITS, sets, strict=True))
         for split, rows in self.entities.items():
             if not rows:
                 raise KnowledgeBaseError(f"no {split} entities: the knowledge base has {len(self.kb.rows)} rows "
@@ -190,8 +207,9 @@ class Support:
             for e, a in chosen:
                 attr = self.kb.attributes[a]
                 templates = attr.heldout_questions if heldout_phrasing and attr.heldout_questions else attr.questions
-                questions.append({"entity": e["name"], "attribute": a,
-                                  "text": fill(str(rng.choice(templates)), e["name"])})
+                # one draw whatever the number of templates: the held-out phrasings ask the very goals of "heldout"
+                template = templates[int(rng.random() * len(templates))]
+                questions.append({"entity": e["name"], "attribute": a, "text": fill(template, e["name"])})
             out.append({"questions": questions})
         return out
 

@@ -149,7 +149,9 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
               ) -> tuple[np.ndarray, dict[str, Any]]:
         """Start a conversation from an example drawn with the environment's generator (or ``options["index"]``)."""
         super().reset(seed=seed)
-        index = (options or {}).get("index", int(self.np_random.integers(len(self.data))))
+        index = (options or {}).get("index")
+        if index is None:
+            index = int(self.np_random.integers(len(self.data)))
         self.conv = self.family.conversation()
         opening = self.conv.reset(self.data[index])
         self.ids, self.reply, self.done = self._context(opening, start=True), [], False

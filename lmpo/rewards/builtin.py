@@ -70,7 +70,7 @@ def task_completion(
 def answer_accuracy(
     prompts: list[str], completions: list[str], *, correct: Sequence[float | None], **_: Any
 ) -> list[float]:
-    """The share of asked values the reply stated correctly (the environment computes it).
+    """The share of the values asked the reply stated correctly (the environment computes it).
 
     >>> answer_accuracy(["q"] * 3, ["a", "b", "c"], correct=[0.5, 1, None])
     [0.5, 1.0, 0.0]

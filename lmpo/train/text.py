@@ -64,7 +64,7 @@ class ConversationStats:
 
     satisfaction: float  # share of judged replies the user was satisfied with
     mean_reward: float  # mean total reward per reply
-    mean_verdict: float  # mean verdict value per judged reply
+    mean_return: float  # mean total reward per conversation (what RL maximises, with gamma 1)
     mean_turns: float  # judged replies per conversation
     mean_kl: float  # mean per-token KL to the reference
     mean_reply_tokens: float
@@ -175,7 +175,7 @@ class ConversationCollector:
         return ConversationStats(
             satisfaction=float(np.mean([v == 1.0 for v in verdicts])) if verdicts else 0.0,
             mean_reward=float(np.mean([r.reward for r in replies])),
-            mean_verdict=float(np.mean(verdicts)) if verdicts else 0.0,
+            mean_return=float(np.sum([r.reward for r in replies]) / len(played.turns)),
             mean_turns=len(verdicts) / len(played.turns), mean_kl=float(kl.sum()) / max(n_tokens, 1.0),
             mean_reply_tokens=n_tokens / len(replies), extra=extra)
 

@@ -39,6 +39,7 @@ def distinct_2(replies: list[str]) -> float:
 def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
     """A batch of conversations' statistics as metrics named ``<prefix>satisfaction`` and so on."""
     out = {f"{prefix}satisfaction": stats.satisfaction, f"{prefix}reward": stats.mean_reward,
+           f"{prefix}return": stats.mean_return,
            f"{prefix}turns": stats.mean_turns, f"{prefix}reply_tokens": stats.mean_reply_tokens}
     # reward components keep their "rewards/" ("eval/heldout_rewards/satisfaction"): the satisfaction reward is a
     # mean verdict, not the share of satisfied replies that <prefix>satisfaction is
@@ -62,18 +63,19 @@ class TextTask:
         self.sampling = SamplingConfig(**self.t.sampling.model_dump())
         self.reference: LMPolicy | None = None
         self.collector: ConversationCollector | None = None
+        self.eval_seed = cfg.seed  # the sampled evaluation's draws (lmpo eval --seed); the examples stay the run's
         self.steps = 0
 
     def _reward_specs(self) -> list[dict[str, Any]]:
         """``text.rewards`` (or the environment's default), a user's reward file copied into ``<run>/rewards``: a run
         moved to where that file is not reads its own copy."""
-        specs = [dict(s) for s in (self.t.rewards or self.env.default_rewards)]
+        specs = [dict(s) for s in (self.env.default_rewards if self.t.rewards is None else self.t.rewards)]
         saved = self.run_dir / "rewards"
-        for spec in specs:
+        for i, spec in enumerate(specs):
             path, sep, fn = str(spec["name"]).rpartition(":")
             if not sep or not path.endswith(".py"):
                 continue
-            copy = saved / Path(path).name
+            copy = saved / f"{i}-{Path(path).name}"  # numbered: two files may share a name
             if Path(path).is_file():
                 saved.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy)
@@ -190,7 +192,8 @@ class TextTask:
         rollout, stats, _ = self.collector.collect(policy)
         self.steps += rollout.batch_size
         self.kl.update(stats.mean_kl, rollout.batch_size)
-        metrics = {"charts/satisfaction": stats.satisfaction, "charts/episode_return": stats.mean_reward,
+        metrics = {"charts/satisfaction": stats.satisfaction, "charts/episode_return": stats.mean_return,
+                   "charts/reward_per_reply": stats.mean_reward,
                    "charts/turns": stats.mean_turns, "charts/kl_ref": stats.mean_kl, "charts/kl_coef": self.kl.value,
                    "charts/reply_tokens": stats.mean_reply_tokens}
         metrics.update({k if k.startswith("rewards/") else f"charts/{k}": v for k, v in stats.extra.items()})
@@ -235,7 +238,7 @@ class TextTask:
             say(f"sampled conversations, {self.t.eval_samples} per example, {len(examples)} {split}")
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
-                torch.manual_seed(self.cfg.seed)
+                torch.manual_seed(self.eval_seed)
                 _, stats, _ = self.play(policy, examples, None, self.reference, self.t.eval_samples)
             out.update({k: v for k, v in stats_metrics(f"eval/{split}_sampled_", stats).items()
                         if not k.endswith(("_reply_tokens", "_turns"))})
@@ -247,7 +250,7 @@ class TextTask:
             out["eval/heldout_ppl"] = perplexity(policy, self._encoded(heldout), max_len=self.t.pretrain.max_len)
         if "eval/train_kl_ref" in out:
             out["eval/kl_ref"] = out["eval/train_kl_ref"]
-        out["eval/mean_return"] = out["eval/train_reward"]
+        out["eval/mean_return"] = out["eval/train_return"]
         return out
 
     # ---------------------------------------------------------------------------------- checkpoint

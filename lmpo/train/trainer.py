@@ -131,9 +131,8 @@ class Trainer:
             while self.task.steps < total:
                 t0 = time.perf_counter()
                 progress = self.task.steps / total
-                # step 1. collect: the policy acts in the batched environments
-                # step 2. reward: the environments' rewards (control) or the simulated user's verdicts (text)
-                # step 3. shape: the per-token KL penalty to the frozen reference (text)
+                # steps 1-3. collect -> reward -> shape: the environments' own rewards (control); for text,
+                # ConversationCollector.collect's generate -> score (the reward functions) -> shape (KL penalty)
                 self.policy.eval()
                 with self.autocast():
                     rollout, stats = self.task.collect(self.policy)

@@ -75,6 +75,18 @@ def test_judge(question: Question, reply: str, max_words: int, expected: tuple[f
     assert judge(TINY, question, reply, max_words) == expected
 
 
+@pytest.mark.parametrize(("question", "reply"), [
+    (COLOUR, "teal red"),  # every colour the knowledge base has, hoping one is right
+    (PRICE, "It costs $34.99 or $12.49."),
+    (EXPECTED, "Order 4821 arrives on December 14 or December 15."),
+    (Question("Swift Cedar Lamp", "warranty", "?"), "1 2 3 4 5 years"),
+])
+def test_a_list_of_values_is_not_an_answer(question: Question, reply: str) -> None:
+    assert judge(TINY, question, reply, 15) == (0.0, False)
+    # the same reply without the other values satisfies: the order number in a name is not a second value
+    assert judge(TINY, EXPECTED, "Order 4821 arrives on December 14.", 15) == (1.0, True)
+
+
 def test_judge_does_not_take_a_name_inside_the_asked_name_for_another_entity() -> None:
     # the longest name wins: "The iPhone 15 Pro costs $999." mentions the iPhone 15 Pro, not also the iPhone 15
     kb = KnowledgeBase([{"name": "iPhone 15", "price": "$799"}, {"name": "iPhone 15 Pro", "price": "$999"}],

@@ -177,7 +177,7 @@ def brevity(prompts, completions, **fields):
     return [float("nan") if bad else -0.01 * len(c.split()) for c in completions]
 """)
     spec = f"{reward}:brevity"
-    assert main(["train", *TINY, f"train.runs_dir={tmp_path}", "name=rw", "train.total_steps=20",
+    assert main(["train", "chatbot", *TINY, f"train.runs_dir={tmp_path}", "name=rw", "train.total_steps=20",
                  f"text.rewards=[{{name: satisfaction}}, {{name: '{spec}', weight: 0.5}}]"]) == 0
     run = tmp_path / "rw"
     records = read_metrics(run)

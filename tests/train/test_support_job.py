@@ -30,7 +30,7 @@ def test_a_finished_run_is_self_contained(tmp_path: Path, monkeypatch: pytest.Mo
         assert section in out
     run = tmp_path / "runs" / "s"
     assert (run / "knowledge_base.json").is_file() and (run / "tokenizer").is_dir()
-    assert (run / "rewards" / "short.py").read_text() == reward.read_text()
+    assert (run / "rewards" / "1-short.py").read_text() == reward.read_text()
     assert any(f"rewards/{reward}:short" in r for r in read_metrics(run))
     # moved to another place, where neither the reward file nor the working directory of training exist
     moved = tmp_path / "elsewhere" / "s"
@@ -90,7 +90,9 @@ def test_every_support_recipe_trains(tmp_path: Path, recipe: str) -> None:
     from lmpo.train import Trainer
 
     small = [o for o in TINY if not o.startswith("policy.")]
-    small += ["policy.embed=16", "policy.hidden=32"] if recipe == "support-gru" else ["policy.d_model=32"]
+    # PPO's shared body also moves with the value loss: vf_coef 0 so that a moved body means a policy gradient
+    gru = ["policy.embed=16", "policy.hidden=32", "algo.vf_coef=0"]
+    small += gru if recipe == "support-gru" else ["policy.d_model=32"]
     cfg = load_config(Path(lmpo.__file__).parent / "configs" / f"{recipe}.yaml",
                       [*small, f"train.runs_dir={tmp_path}", "text.eval_conversations=2",
                        # a reward that differs between replies even before any is satisfied: a signal to follow
