@@ -85,15 +85,18 @@ def as_date(value: str) -> tuple[int, int] | None:
 def states_value(reply: str, value: str) -> bool:
     """Whether ``reply`` states ``value``: the same date, the same number(s), or the value's words in order.
 
-    A number matches by value ("$34.99" ~ "34.99 dollars", "17 units" ~ "17"); a date by month and day in any
-    common form; words after normalisation, as a contiguous run ("teal" in "It is teal.").
+    A number matches by value, with the unit words written beside it in the value ("$34.99" ~ "34.99 dollars";
+    "8 days" needs "days": "8 years" is another answer); a date by month and day in any common form; words after
+    normalisation, as a contiguous run ("teal" in "It is teal.").
     """
     date = as_date(value)
     if date is not None:
         return date in dates_in(reply)
     wanted = numbers_in(value)
-    if wanted:
-        return all(n in numbers_in(reply) for n in wanted)
+    if wanted:  # the number(s) by value, and the unit words with them ("8 days" is not "8 years")
+        units = [w for w in normalize(value) if not w.isdigit()]
+        words = set(normalize(reply))
+        return all(n in numbers_in(reply) for n in wanted) and all(u in words for u in units)
     target, words = normalize(value), normalize(reply)
     if not target:
         return False

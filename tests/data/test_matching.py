@@ -40,3 +40,9 @@ def test_token_f1_by_hand() -> None:
     assert token_f1("Hello there, friend!", "hello friend") == pytest.approx(0.8)
     assert token_f1("Café", "cafe") == 1.0
     assert token_f1("yes yes", "yes") == pytest.approx(2 * 0.5 * 1 / 1.5)
+
+
+def test_a_number_keeps_its_unit() -> None:
+    assert states_value("Delivery takes 8 days.", "8 days")
+    assert not states_value("It has a 8 years warranty.", "8 days")  # seen in a demo: judged satisfied once
+    assert states_value("Checkout is at 12 pm.", "12 pm") and not states_value("Checkout is at 12.", "12 pm")
