@@ -95,8 +95,8 @@ def states_value(reply: str, value: str) -> bool:
     wanted = numbers_in(value)
     if wanted:  # the number(s) by value, and the unit words with them ("8 days" is not "8 years")
         units = [w for w in normalize(value) if not w.isdigit()]
-        words = set(normalize(reply))
-        return all(n in numbers_in(reply) for n in wanted) and all(u in words for u in units)
+        said = set(normalize(reply))
+        return all(n in numbers_in(reply) for n in wanted) and all(u in said for u in units)
     target, words = normalize(value), normalize(reply)
     if not target:
         return False

@@ -111,6 +111,13 @@ def text_env(env_id: str) -> type[TextEnvironment] | None:
     return _REGISTRY.get(env_id)
 
 
+def context_ids(tokenizer: Any, turns: Sequence[Turn], start: bool = False) -> list[int]:
+    """Ids of the turns an environment adds (encoded as context), then ``<|assistant|>``: the reply follows.
+    ``<bos>`` only at the start of a conversation."""
+    ids = encode_dialogue(tokenizer, turns).ids
+    return (ids if start else ids[1:]) + [token_id(tokenizer, "<|assistant|>")]
+
+
 class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
     """The Gymnasium face of a text environment: one token per ``step`` (``Discrete(vocab)``); the observation is
     the conversation's token ids so far in lmpo's chat format, right-padded to ``max_len``. A reply ends at
@@ -124,7 +131,6 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
         self.data = family.examples(split)
         self.max_reply_tokens, self.max_len = max_reply_tokens, max_len
         self.pad_id, self.eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
-        self.assistant_id = token_id(tokenizer, "<|assistant|>")
         vocab = len(tokenizer)
         self.action_space = gym.spaces.Discrete(vocab)
         self.observation_space = gym.spaces.Box(0, vocab - 1, shape=(max_len,), dtype=np.int64)
@@ -132,12 +138,6 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
         self.reply: list[int] = []
         self.conv: Conversation | None = None
         self.done = True
-
-    def _context(self, turns: Sequence[Turn], start: bool = False) -> list[int]:
-        """Ids of environment turns, then the assistant's role token (the reply follows); no ``<bos>`` but at the
-        start."""
-        ids = encode_dialogue(self.tokenizer, turns).ids
-        return (ids if start else ids[1:]) + [self.assistant_id]
 
     def _obs(self) -> np.ndarray:
         ids = (self.ids + self.reply)[-self.max_len:]
@@ -154,7 +154,7 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
             index = int(self.np_random.integers(len(self.data)))
         self.conv = self.family.conversation()
         opening = self.conv.reset(self.data[index])
-        self.ids, self.reply, self.done = self._context(opening, start=True), [], False
+        self.ids, self.reply, self.done = context_ids(self.tokenizer, opening, start=True), [], False
         return self._obs(), {"turns": [t.content for t in opening]}
 
     def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -173,7 +173,7 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
             self.ids += self.reply + ([] if self.reply[-1] == self.eos_id else [self.eos_id])
             self.reply = []
             if not out.done:
-                self.ids += self._context(out.turns)
+                self.ids += context_ids(self.tokenizer, out.turns)
             self.done = terminated
         truncated = not terminated and len(self.ids) + len(self.reply) >= self.max_len
         self.done = self.done or truncated

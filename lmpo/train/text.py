@@ -24,8 +24,8 @@ from transformers import PreTrainedTokenizerBase
 from lmpo.core import FixedKLController, Rollout, kl_estimate, kl_penalized_rewards
 from lmpo.core.kl import KLEstimator
 from lmpo.data.corpus import Turn
-from lmpo.data.tokenizer import ASSISTANT, decode_reply, encode_dialogue, token_id
-from lmpo.envs.text import Example, TextEnvironment
+from lmpo.data.tokenizer import decode_reply
+from lmpo.envs.text import Example, TextEnvironment, context_ids
 from lmpo.policies.generation import Generation, generate, left_pad, to_rollout
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
@@ -83,13 +83,7 @@ class ConversationCollector:
         self.family, self.examples, self.tokenizer, self.score = family, list(examples), tokenizer, score
         self.reference, self.kl, self.kl_estimator = reference, kl, kl_estimator
         self.conversations, self.k, self.max_prompt_tokens = conversations, samples_per_prompt, max_prompt_tokens
-        self.assistant_id = token_id(tokenizer, ASSISTANT)
         self.rng = np.random.default_rng(seed)
-
-    def _context(self, turns: Sequence[Turn], start: bool = False) -> list[int]:
-        """Ids of turns an environment adds, then ``<|assistant|>`` (``<bos>`` only at the start)."""
-        ids = encode_dialogue(self.tokenizer, turns).ids
-        return (ids if start else ids[1:]) + [self.assistant_id]
 
     # ---------------------------------------------------------------------------- step 1. generate
     @torch.no_grad()
@@ -97,7 +91,7 @@ class ConversationCollector:
         """Play one conversation per example index to its end, sampling with ``settings`` (default: the policy's)."""
         convs = [self.family.conversation() for _ in indices]
         openings = [c.reset(self.examples[i]) for c, i in zip(convs, indices, strict=True)]
-        ids = [self._context(o, start=True) for o in openings]
+        ids = [context_ids(self.tokenizer, o, start=True) for o in openings]
         user = [next((t.content for t in reversed(o) if t.role == "user"), "") for o in openings]
         transcripts: list[list[tuple[Turn, dict[str, Any]]]] = [[(t, {}) for t in o] for o in openings]
         replies: list[list[Reply]] = [[] for _ in indices]
@@ -119,7 +113,7 @@ class ConversationCollector:
                 # token in, token out: the sampled ids as they are; a reply cut at max_new_tokens gets its <eos>
                 ids[c] += tokens.tolist() + ([] if n and int(tokens[-1]) == eos[1] else [eos[1]])
                 if not out.done:
-                    ids[c] += self._context(out.turns)
+                    ids[c] += context_ids(self.tokenizer, out.turns)
                     transcripts[c] += [(t, {}) for t in out.turns]
                     user[c] = next((t.content for t in reversed(out.turns) if t.role == "user"), user[c])
                     still.append(c)
