@@ -97,12 +97,7 @@ class TextTask:
         elif self.cfg.policy.kind == "hf":
             from transformers import AutoTokenizer
 
-            path = self._hf_path()
-            try:
-                tok = AutoTokenizer.from_pretrained(path)
-            except (OSError, ValueError) as e:
-                raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded "
-                                  f"as a hub id ({str(e).splitlines()[0]})") from None
+            tok = self._from_policy_path(AutoTokenizer.from_pretrained)
             add_chat_tokens(tok)
         else:
             tok = train_tokenizer(self.env.tokenizer_texts(), self.t.vocab_size, show_progress=self.cfg.train.progress)
@@ -121,14 +116,19 @@ class TextTask:
             body = self._hf_body()
         return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)
 
-    def _hf_path(self) -> str:
-        """``policy.path``: a local directory, or a hub id. A path that names a local place (``./``, ``/``, ``~`` or
-        an existing parent directory) but no directory is a mistake, not a hub id."""
+    def _from_policy_path(self, load: Callable[[str], Any]) -> Any:
+        """``load(policy.path)`` (a local directory or a hub id), its failures as one line. A path that names a
+        local place (``./``, ``/``, ``~`` or an existing parent directory) but no directory is a mistake, not a hub
+        id."""
         path = str(self.cfg.policy.path)
         local = Path(path).expanduser()
         if not local.is_dir() and (path.startswith((".", "/", "~")) or local.parent.is_dir() and local.parent.name):
             raise ConfigError(f"policy.path: no such model directory: {path}")
-        return path
+        try:
+            return load(path)
+        except (OSError, ValueError) as e:
+            raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded as a "
+                              f"hub id ({str(e).splitlines()[0]})") from None
 
     def _hf_body(self) -> Any:
         """The hf model: the run's own export once it has one (a finished run needs no base model), else
@@ -138,12 +138,7 @@ class TextTask:
         export = self.run_dir / HF_EXPORT
         if (export / "config.json").is_file():
             return load_hf_body(export, len(self.tokenizer))
-        path = self._hf_path()
-        try:
-            return load_hf_body(path, len(self.tokenizer))
-        except (OSError, ValueError) as e:
-            raise ConfigError(f"policy.path: {path!r} is not a local model directory and could not be loaded as a "
-                              f"hub id ({str(e).splitlines()[0]})") from None
+        return self._from_policy_path(lambda path: load_hf_body(path, len(self.tokenizer)))
 
     def finish(self, policy: LMPolicy) -> None:
         """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf``."""
