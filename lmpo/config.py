@@ -67,6 +67,9 @@ class PolicyConfig(Section):
     n_head: int = Field(4, ge=1, description="transformer: attention heads.")
     d_model: int = Field(256, ge=1, description="transformer: model width.")
     max_len: int = Field(512, ge=8, description="transformer: longest sequence (positions).")
+    positions: Literal["learned", "rotary"] = Field(
+        "learned", description="transformer: a learned position embedding, or rotary positions (RoPE), which copy "
+        "names and numbers at any distance.")
     path: str | None = Field(None, description="hf: local directory or hub id of an AutoModelForCausalLM.")
 
 

@@ -24,6 +24,22 @@ class GPTConfig:
     d_model: int = 256
     max_len: int = 512
     dropout: float = 0.1
+    positions: str = "learned"  # "learned": a position embedding; "rotary": RoPE on queries and keys
+
+
+def rotary(positions: Tensor, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
+    """RoPE's ``(cos, sin)``, each ``(B, 1, L, head_dim / 2)``, for ``positions (B, L)`` (Su et al., 2021): attention
+    then depends on how far apart two tokens are, not where they are, so a copy learnt at one place works at all."""
+    inv = base ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[:, None, :, None].float() * inv  # (B, 1, L, D/2)
+    return angles.cos(), angles.sin()
+
+
+def rotate(x: Tensor, rot: tuple[Tensor, Tensor]) -> Tensor:
+    """``x (B, H, L, D)`` with each pair of features turned by its position's angle."""
+    cos, sin = (t.to(x.dtype) for t in rot)
+    x1, x2 = x[..., 0::2], x[..., 1::2]
+    return torch.stack((x1 * cos - x2 * sin, x1 * sin + x2 * cos), dim=-1).flatten(-2)
 
 
 class Block(nn.Module):
@@ -38,10 +54,13 @@ class Block(nn.Module):
         c = cfg.d_model
         self.mlp = nn.Sequential(nn.Linear(c, 4 * c), nn.GELU(), nn.Linear(4 * c, c))
 
-    def forward(self, x: Tensor, bias: Tensor, layer: int, past: int, cache: StaticKV | None) -> Tensor:
+    def forward(self, x: Tensor, bias: Tensor, layer: int, past: int, cache: StaticKV | None,
+                rot: tuple[Tensor, Tensor] | None = None) -> Tensor:
         b, length, c = x.shape
         q, k, v = self.qkv(self.ln1(x)).split(c, dim=2)
         q, k, v = (t.view(b, length, self.n_head, c // self.n_head).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        if rot is not None:  # cached keys were turned when written
+            q, k = rotate(q, rot), rotate(k, rot)
         if cache is not None:
             k, v = cache.write(layer, past, k, v)  # (B, H, past + L, D)
         y = attend(q, k, v, bias, self.dropout if self.training else 0.0)  # (B, H, L, D)
@@ -50,14 +69,20 @@ class Block(nn.Module):
 
 
 class GPT(nn.Module):
-    """Token + position embeddings, ``n_layer`` blocks, final norm, tied output projection."""
+    """Token + position embeddings (or rotary positions), ``n_layer`` blocks, final norm, tied output projection."""
 
     def __init__(self, cfg: GPTConfig) -> None:
         super().__init__()
         self.cfg = cfg
         self.vocab_size, self.hidden_size = cfg.vocab_size, cfg.d_model
         self.tok = nn.Embedding(cfg.vocab_size, cfg.d_model)
-        self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
+        if cfg.positions not in ("learned", "rotary"):
+            raise ValueError(f"positions must be 'learned' or 'rotary', not {cfg.positions!r}")
+        if cfg.positions == "rotary" and (cfg.d_model // cfg.n_head) % 2:
+            raise ValueError(f"rotary positions need an even head size (d_model / n_head = "
+                             f"{cfg.d_model // cfg.n_head})")
+        if cfg.positions == "learned":
+            self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.ln = nn.LayerNorm(cfg.d_model)
         self.apply(self._init)
@@ -79,12 +104,18 @@ class GPT(nn.Module):
         positions = token_positions(mask, length)  # (B, L)
         if int(positions.max()) >= self.cfg.max_len:
             raise ValueError(f"sequence longer than max_len={self.cfg.max_len}")
-        x = F.dropout(self.tok(ids) + self.pos(positions), self.cfg.dropout, self.training)  # (B, L, C)
+        x = self.tok(ids)  # (B, L, C)
+        rot = None
+        if self.cfg.positions == "learned":
+            x = x + self.pos(positions)
+        else:
+            rot = rotary(positions, self.cfg.d_model // self.cfg.n_head)
+        x = F.dropout(x, self.cfg.dropout, self.training)
         bias = attention_bias(mask, length, compute_dtype(x))  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             head_dim = self.cfg.d_model // self.cfg.n_head
             cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)
         for i, block in enumerate(self.blocks):
-            x = block(x, bias, i, total - length, cache)
+            x = block(x, bias, i, total - length, cache, rot)
         h = self.ln(x)
         return F.linear(kept_positions(h, keep), self.tok.weight), h, cache

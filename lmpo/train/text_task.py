@@ -111,7 +111,7 @@ class TextTask:
         if p.kind in ("gru", "lstm"):
             body: Any = RecurrentLM(len(tok), p.kind, p.embed, p.hidden, dropout=p.dropout)
         elif p.kind == "transformer":
-            body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout))
+            body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout, p.positions))
         else:
             body = self._hf_body()
         return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)

@@ -5,6 +5,7 @@ import math
 
 import pytest
 import torch
+from torch import Tensor
 
 from lmpo.algorithms import PPO, TRPO, Reinforce
 from lmpo.config import AdvantageConfig, PPOConfig, ReinforceConfig, TRPOConfig
@@ -22,6 +23,7 @@ BODIES = {
     "gru": lambda: RecurrentLM(V, "gru", embed=16, hidden=32),
     "lstm": lambda: RecurrentLM(V, "lstm", embed=16, hidden=32),
     "transformer": lambda: GPT(GPTConfig(V, n_layer=2, n_head=2, d_model=32, max_len=64)),
+    "transformer-rotary": lambda: GPT(GPTConfig(V, n_layer=2, n_head=2, d_model=32, max_len=64, positions="rotary")),
 }
 FULL = SamplingConfig(temperature=0.8, top_k=15, top_p=0.9, epsilon=0.05, min_new_tokens=2, max_new_tokens=10)
 PROMPTS = torch.tensor([[0, 0, 1, 5, 6], [0, 1, 7, 8, 9], [1, 3, 4, 5, 6], [0, 0, 0, 1, 9]])
@@ -214,3 +216,20 @@ def test_kv_cache_is_made_in_the_autocast_dtype() -> None:
     assert StaticKV(1, 2, 1, 4, 8, x).k.dtype == torch.float32
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert StaticKV(1, 2, 1, 4, 8, x).k.dtype == torch.bfloat16
+
+
+def test_rotary_attention_depends_on_distance_not_place() -> None:
+    """RoPE: a query at i and a key at j score the same as at i + s and j + s, so a copy learnt at one place in a
+    conversation works at every other."""
+    from lmpo.policies.gpt import rotary, rotate
+
+    torch.manual_seed(0)
+    q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
+
+    def score(i: int, j: int) -> Tensor:
+        return (rotate(q, rotary(torch.tensor([[i]]), 16)) * rotate(k, rotary(torch.tensor([[j]]), 16))).sum(-1)
+
+    assert torch.allclose(score(7, 3), score(107, 103), atol=1e-4)
+    assert not torch.allclose(score(7, 3), score(7, 5), atol=1e-2)
+    with pytest.raises(ValueError, match="even head size"):
+        GPT(GPTConfig(V, n_layer=1, n_head=4, d_model=12, positions="rotary"))
