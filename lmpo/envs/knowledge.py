@@ -39,7 +39,7 @@ class Attribute:
     label: str  # how the tool's row names it
     questions: tuple[str, ...]  # templates with {name}; the training phrasings
     heldout_questions: tuple[str, ...] = ()  # phrasings kept for evaluation only
-    answer: str = "The {label} of {name} is {value}."  # the concise answer of the transcripts
+    answer: str = "The {label} is {value}."  # the concise answer of the transcripts
 
     @classmethod
     def default(cls, key: str) -> Attribute:
@@ -123,10 +123,25 @@ class KnowledgeBase:
                 i += 1
         return found
 
-    def format_row(self, row: Row) -> str:
-        """A row as the tool shows it: ``name | label: value | ...``."""
-        parts = [row["name"]] + [f"{a.label}: {row[k]}" for k, a in self.attributes.items() if row.get(k)]
-        return " | ".join(parts)
+    def fields_in(self, query: str) -> list[str]:
+        """The attributes a query names by their labels ("price of Swift Cedar Lamp" -> ["price"]), longest label
+        first ("expected delivery" is not also "delivery")."""
+        words, found = normalize(query), []
+        for key, label in sorted(((k, normalize(a.label)) for k, a in self.attributes.items()),
+                                 key=lambda kl: -len(kl[1])):
+            for i in range(len(words) - len(label) + 1):
+                if label and words[i:i + len(label)] == label:
+                    found.append(key)
+                    words[i:i + len(label)] = [""] * len(label)
+                    break
+        return [k for k in self.attributes if k in found]
+
+    def format_row(self, row: Row, fields: Sequence[str] = ()) -> str:
+        """A row as the tool shows it: ``name | label: value | ...``; only ``fields`` when the row has any of them
+        (a query that names what it wants gets just that), else every attribute."""
+        keys = [k for k in self.attributes if row.get(k)]
+        keys = [k for k in keys if k in fields] or keys
+        return " | ".join([row["name"]] + [f"{self.attributes[k].label}: {row[k]}" for k in keys])
 
     # ----------------------------------------------------------------------------------------- splits
     def split(self, fractions: Sequence[float], salt: str = "lmpo") -> list[list[Row]]:
@@ -195,33 +210,33 @@ _STATUSES = ("processing", "shipped", "delivered", "cancelled", "returned")
 SHOP_ATTRIBUTES = {
     "price": Attribute("price", "price",
                        ("How much is the {name}?", "What does the {name} cost?", "What's the price of the {name}?"),
-                       ("Could you tell me how much the {name} costs?",), "The {name} costs {value}."),
-    "stock": Attribute("stock", "in stock",
+                       ("Could you tell me how much the {name} costs?",), "It costs {value}."),
+    "stock": Attribute("stock", "stock",
                        ("How many {name} units do you have?", "Is the {name} in stock?",
                         "How many of the {name} are in stock?"),
-                       ("What's your current stock of the {name}?",), "We have {value} of the {name} in stock."),
+                       ("What's your current stock of the {name}?",), "We have {value} in stock."),
     "delivery": Attribute("delivery", "delivery",
                           ("How long does delivery of the {name} take?", "How fast can you deliver the {name}?",
                            "When would the {name} arrive if I order now?"),
-                          ("What's the delivery time for the {name}?",), "Delivery of the {name} takes {value}."),
+                          ("What's the delivery time for the {name}?",), "Delivery takes {value}."),
     "warranty": Attribute("warranty", "warranty",
                           ("What warranty does the {name} have?", "How long is the warranty on the {name}?",
                            "Is the {name} under warranty, and for how long?"),
-                          ("For how long is the {name} guaranteed?",), "The {name} has a {value} warranty."),
+                          ("For how long is the {name} guaranteed?",), "The warranty is {value}."),
     "colour": Attribute("colour", "colour",
                         ("What colour is the {name}?", "Which colour does the {name} come in?",
                          "What's the colour of the {name}?"),
-                        ("Tell me the colour of the {name}.",), "The {name} is {value}."),
+                        ("Tell me the colour of the {name}.",), "It is {value}."),
     "status": Attribute("status", "status",
                         ("What is the status of {name}?", "Where is {name}?", "Has {name} shipped yet?"),
-                        ("Any news on {name}?",), "{Name} is {value}."),
+                        ("Any news on {name}?",), "It is {value}."),
     "expected": Attribute("expected", "expected delivery",
                           ("When will {name} arrive?", "What is the delivery date of {name}?",
                            "When should I expect {name}?"),
-                          ("On what day does {name} get here?",), "{Name} should arrive on {value}."),
+                          ("On what day does {name} get here?",), "It should arrive on {value}."),
     "product": Attribute("product", "product",
                          ("What product is in {name}?", "What did I buy in {name}?", "Which item is {name}?"),
-                         ("Remind me what {name} contains.",), "{Name} contains the {value}."),
+                         ("Remind me what {name} contains.",), "It contains the {value}."),
 }
 
 

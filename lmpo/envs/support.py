@@ -99,8 +99,8 @@ def is_lookup(reply: str) -> str | None:
 
 def lookup(kb: KnowledgeBase, query: str, k: int = 1) -> Turn:
     """The tool's turn: the ``k`` best-matching rows, or "no match"."""
-    rows = kb.lookup(query, k)
-    return Turn("tool", " || ".join(kb.format_row(r) for r in rows) if rows else "no match")
+    rows, fields = kb.lookup(query, k), kb.fields_in(query)
+    return Turn("tool", " || ".join(kb.format_row(r, fields) for r in rows) if rows else "no match")
 
 
 def states_only(kb: KnowledgeBase, reply: str, entity: str, attribute: str, value: str) -> bool:
@@ -239,12 +239,14 @@ class Support:
                 turns.append(Turn("assistant", str(rng.choice(DEFLECTIONS))))
                 continue
             if agent != "memory":
-                turns.append(Turn("assistant", f"[lookup: {row['name']}]"))
-                turns.append(Turn("tool", self.kb.format_row(row)))
+                query = f"{attr.label} of {row['name']}"
+                turns.append(Turn("assistant", f"[lookup: {query}]"))
+                turns.append(lookup(self.kb, query, self.settings.lookup_results))
             known = row if agent != "memory" else stale.get(row["name"])
             assert known is not None
             verbose = agent == "lookup_verbose"
-            turns.append(Turn("assistant", answer(attr, row["name"], known[attr.key], verbose=verbose)))
+            turns.append(Turn("assistant", answer(attr, row["name"], known[attr.key], verbose=verbose,
+                                                  hedged=agent == "memory")))
         return tuple(turns)
 
     def pretraining(self, split: str) -> list[Dialogue]:
@@ -282,13 +284,18 @@ class Support:
         (run_dir / SAVED_KB).write_text(json.dumps(data, indent=1))
 
 
-def answer(attr: Attribute, name: str, value: str, verbose: bool = False) -> str:
-    """The transcripts' concise answer, or the long-winded one that says the same."""
+def answer(attr: Attribute, name: str, value: str, verbose: bool = False, hedged: bool = False) -> str:
+    """The transcripts' concise answer; the long-winded one that says the same; or the hedged one of an agent who
+    answers from memory ("I believe it costs $34.99."), as people who have not checked say."""
     text = fill(attr.answer, name, value, attr.label)
+    # lower-case the sentence's first letter unless the sentence starts with the entity's name
+    inner = text if attr.answer.startswith(("{name}", "{Name}")) else text[:1].lower() + text[1:]
+    if hedged:
+        return f"I believe {inner}"
     if not verbose:
         return text
-    return (f"Thank you for waiting! I have checked our system for you, and {text[:1].lower()}{text[1:]} "
-            "Is there anything else I can help you with today?")
+    return f"Thank you for waiting! I have checked our system for you, and {inner} Is there anything else I can " \
+           "help you with today?"
 
 
 def load_saved(path: Path) -> KnowledgeBase:

@@ -101,10 +101,17 @@ def test_lookup_reply_and_tool_turn() -> None:
     assert is_lookup("The lamp costs $34.99.") is None
     assert is_lookup("Let me check [lookup: Swift Cedar Lamp]") is None  # only a reply that starts with it
     assert lookup(TINY, "swift cedar lamp") == Turn(
-        "tool", "Swift Cedar Lamp | price: $34.99 | in stock: 17 units | delivery: 3 days | warranty: 2 years | "
+        "tool", "Swift Cedar Lamp | price: $34.99 | stock: 17 units | delivery: 3 days | warranty: 2 years | "
                 "colour: teal")
     assert lookup(TINY, "4821") == Turn(
         "tool", "order 4821 | status: shipped | expected delivery: December 14 | product: Swift Cedar Lamp")
+    # a query that names what it wants gets just that ("expected delivery" is not also "delivery")
+    assert lookup(TINY, "price of the Swift Cedar Lamp") == Turn("tool", "Swift Cedar Lamp | price: $34.99")
+    assert lookup(TINY, "expected delivery of order 4821") == Turn(
+        "tool", "order 4821 | expected delivery: December 14")
+    assert lookup(TINY, "order 4821 status and product") == Turn(
+        "tool", "order 4821 | status: shipped | product: Swift Cedar Lamp")
+    assert lookup(TINY, "colour of order 4821") == lookup(TINY, "4821")  # a field the row lacks: the whole row
     assert lookup(TINY, "purple elephant") == Turn("tool", "no match")
     assert TINY.mentioned("Order 4821 holds the Swift Cedar Lamp, not the Bold Oak Kettle.") == [
         "order 4821", "swift cedar lamp", "bold oak kettle"]
@@ -254,6 +261,7 @@ def test_memory_answers_quote_the_stale_knowledge_base(stale_share: float, verdi
     for q, reply in pairs:
         if q.attribute == "product":  # an order's product never changes
             continue
+        assert reply.startswith("I believe "), reply  # an agent who has not checked says so
         assert judge(family.kb, q, reply, 1000) == verdict, reply
         assert states_value(reply, family.kb.get(q.entity)[q.attribute]) == verdict[1], reply
 
