@@ -68,8 +68,8 @@ class PolicyConfig(Section):
     d_model: int = Field(256, ge=1, description="transformer: model width.")
     max_len: int = Field(512, ge=8, description="transformer: longest sequence (positions).")
     positions: Literal["learned", "rotary"] = Field(
-        "learned", description="transformer: a learned position embedding, or rotary positions (RoPE), which copy "
-        "names and numbers at any distance.")
+        "learned", description="transformer: a learned position embedding, or rotary positions (RoPE: attention "
+        "depends on distance, not place; the support desk's model copies names and numbers far better with it).")
     path: str | None = Field(None, description="hf: local directory or hub id of an AutoModelForCausalLM.")
 
 

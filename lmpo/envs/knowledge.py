@@ -67,6 +67,7 @@ class KnowledgeBase:
         df = Counter(t for r in self.rows for t in set(normalize(r["name"])))
         self._idf = {t: math.log(1 + len(self.rows) / c) for t, c in df.items()}
         self._by_key = {self.key(r["name"]): r for r in self.rows}
+        self._name_words = [(set(normalize(r["name"])), r) for r in self.rows]  # normalised once, not per lookup
         self.longest_name = max(len(k.split()) for k in self._by_key)
         self._values: dict[str, list[str]] = {}
 
@@ -99,8 +100,7 @@ class KnowledgeBase:
         if not words:
             return []
         scored = []
-        for r in self.rows:
-            name = set(normalize(r["name"]))
+        for name, r in self._name_words:
             total = sum(self._idf[t] for t in name)
             score = sum(self._idf[t] for t in name & words) / total if total else 0.0
             if score >= threshold:
@@ -123,14 +123,20 @@ class KnowledgeBase:
                 i += 1
         return found
 
-    def fields_in(self, query: str) -> list[str]:
+    def fields_in(self, query: str, name: str = "") -> list[str]:
         """The attributes a query names by their labels ("price of Swift Cedar Lamp" -> ["price"]), longest label
-        first ("expected delivery" is not also "delivery")."""
+        first ("expected delivery" is not also "delivery"); the words of the entity ``name`` in the query are not
+        labels ("City Inn" does not ask for the city)."""
         words, found = normalize(query), []
-        for key, label in sorted(((k, normalize(a.label)) for k, a in self.attributes.items()),
-                                 key=lambda kl: -len(kl[1])):
+        span = normalize(name)
+        for i in range(len(words) - len(span) + 1):
+            if span and words[i:i + len(span)] == span:
+                words[i:i + len(span)] = [""] * len(span)
+                break
+        labels = [(k, normalize(a.label)) for k, a in self.attributes.items()]
+        for key, label in sorted((kl for kl in labels if kl[1]), key=lambda kl: -len(kl[1])):
             for i in range(len(words) - len(label) + 1):
-                if label and words[i:i + len(label)] == label:
+                if words[i:i + len(label)] == label:
                     found.append(key)
                     words[i:i + len(label)] = [""] * len(label)
                     break

@@ -47,7 +47,7 @@ class SupportSettings(EnvSettings):
     heldout_questions: dict[str, list[str]] = Field(default_factory=dict, description="Phrasings per attribute kept "
                                                     "for evaluation (the held-out-phrasing split).")
     answers: dict[str, str] = Field(default_factory=dict, description="The transcripts' concise answer per attribute "
-                                    "({name}, {value}).")
+                                    "({name}, {Name}, {value}, {label}).")
     products: int = Field(600, ge=1, le=14_400, description="lmpo's shop: products.")
     orders: int = Field(600, ge=0, le=9_000, description="lmpo's shop: orders.")
     entity_split: list[float] = Field([0.5, 0.25, 0.25], min_length=3, max_length=3,
@@ -99,8 +99,9 @@ def is_lookup(reply: str) -> str | None:
 
 def lookup(kb: KnowledgeBase, query: str, k: int = 1) -> Turn:
     """The tool's turn: the ``k`` best-matching rows, or "no match"."""
-    rows, fields = kb.lookup(query, k), kb.fields_in(query)
-    return Turn("tool", " || ".join(kb.format_row(r, fields) for r in rows) if rows else "no match")
+    rows = kb.lookup(query, k)
+    return Turn("tool", " || ".join(kb.format_row(r, kb.fields_in(query, r["name"])) for r in rows) if rows
+                else "no match")
 
 
 def states_only(kb: KnowledgeBase, reply: str, entity: str, attribute: str, value: str) -> bool:
@@ -239,9 +240,8 @@ class Support:
                 turns.append(Turn("assistant", str(rng.choice(DEFLECTIONS))))
                 continue
             if agent != "memory":
-                query = f"{attr.label} of {row['name']}"
-                turns.append(Turn("assistant", f"[lookup: {query}]"))
-                turns.append(lookup(self.kb, query, self.settings.lookup_results))
+                turns.append(Turn("assistant", f"[lookup: {attr.label} of {row['name']}]"))
+                turns.append(Turn("tool", self.kb.format_row(row, [attr.key])))  # the row asked about, always
             known = row if agent != "memory" else stale.get(row["name"])
             assert known is not None
             verbose = agent == "lookup_verbose"
@@ -288,9 +288,11 @@ def answer(attr: Attribute, name: str, value: str, verbose: bool = False, hedged
     """The transcripts' concise answer; the long-winded one that says the same; or the hedged one of an agent who
     answers from memory ("I believe it costs $34.99."), as people who have not checked say."""
     text = fill(attr.answer, name, value, attr.label)
-    # lower-case the sentence's first letter unless the sentence starts with the entity's name
-    inner = text if attr.answer.startswith(("{name}", "{Name}")) else text[:1].lower() + text[1:]
-    if hedged:
+    # inside a sentence: the name as written, and a first letter lower-cased only where the template has one
+    template = "{name}" + attr.answer[6:] if attr.answer.startswith("{Name}") else attr.answer
+    inner = fill(template, name, value, attr.label)
+    inner = inner[:1].lower() + inner[1:] if template[:1].isalpha() else inner
+    if hedged:  # a guess is a guess, however long-winded
         return f"I believe {inner}"
     if not verbose:
         return text

@@ -9,12 +9,13 @@ import lmpo  # noqa: F401  (registers lmpo/Support-v0)
 from lmpo.data import Turn
 from lmpo.data.matching import normalize, states_value
 from lmpo.data.tokenizer import encode_prompt
-from lmpo.envs.knowledge import SHOP_ATTRIBUTES, KnowledgeBase
+from lmpo.envs.knowledge import SHOP_ATTRIBUTES, Attribute, KnowledgeBase
 from lmpo.envs.support import (
     DEFLECTIONS,
     Question,
     Support,
     SupportSettings,
+    answer,
     fill,
     is_lookup,
     judge,
@@ -112,6 +113,30 @@ def test_lookup_reply_and_tool_turn() -> None:
     assert lookup(TINY, "order 4821 status and product") == Turn(
         "tool", "order 4821 | status: shipped | product: Swift Cedar Lamp")
     assert lookup(TINY, "colour of order 4821") == lookup(TINY, "4821")  # a field the row lacks: the whole row
+
+
+def test_words_of_the_name_are_not_labels() -> None:
+    kb = KnowledgeBase([{"name": "City Inn", "city": "Graz", "stars": "4"},
+                        {"name": "Hotel Stars", "city": "Linz", "stars": "3"}], {
+        a: Attribute.default(a) for a in ("city", "stars")})
+    assert lookup(kb, "City Inn") == Turn("tool", "City Inn | city: Graz | stars: 4")  # no label asked: whole row
+    assert lookup(kb, "stars of City Inn") == Turn("tool", "City Inn | stars: 4")
+    assert lookup(kb, "Hotel Stars city") == Turn("tool", "Hotel Stars | city: Linz")
+
+
+@pytest.mark.parametrize(("template", "concise", "verbose", "hedged"), [
+    ("It costs {value}.", "It costs $3.", "and it costs $3.", "I believe it costs $3."),
+    ("{Name} costs {value}.", "Order 7 costs $3.", "and order 7 costs $3.", "I believe order 7 costs $3."),
+    ("{name} costs {value}.", "order 7 costs $3.", "and order 7 costs $3.", "I believe order 7 costs $3."),
+    ("{value} is the price of {name}.", "Paris is the price of order 7.", "and Paris is the price",
+     "I believe Paris is the price of order 7."),
+])
+def test_answers_keep_names_and_values_as_written(template: str, concise: str, verbose: str, hedged: str) -> None:
+    attr = Attribute("price", "price", ("How much is {name}?",), (), template)
+    value = "Paris" if template.startswith("{value}") else "$3"
+    assert answer(attr, "order 7", value) == concise
+    assert verbose in answer(attr, "order 7", value, verbose=True)
+    assert answer(attr, "order 7", value, hedged=True) == hedged
     assert lookup(TINY, "purple elephant") == Turn("tool", "no match")
     assert TINY.mentioned("Order 4821 holds the Swift Cedar Lamp, not the Bold Oak Kettle.") == [
         "order 4821", "swift cedar lamp", "bold oak kettle"]
