@@ -29,7 +29,8 @@ class GPTConfig:
 
 def rotary(positions: Tensor, head_dim: int, base: float = 10_000.0) -> tuple[Tensor, Tensor]:
     """RoPE's ``(cos, sin)``, each ``(B, 1, L, head_dim / 2)``, for ``positions (B, L)`` (Su et al., 2021): attention
-    then depends on how far apart two tokens are, not where they are, so a copy learnt at one place works at all."""
+    then depends on how far apart two tokens are, not where they are, so a copy learnt at one place works at every
+    other."""
     inv = base ** -(torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
     angles = positions[:, None, :, None].float() * inv  # (B, 1, L, D/2)
     return angles.cos(), angles.sin()
