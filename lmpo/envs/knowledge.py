@@ -68,6 +68,7 @@ class KnowledgeBase:
         self._idf = {t: math.log(1 + len(self.rows) / c) for t, c in df.items()}
         self._by_key = {self.key(r["name"]): r for r in self.rows}
         self._name_words = [(set(normalize(r["name"])), r) for r in self.rows]  # normalised once, not per lookup
+        self._labels = sorted(((k, normalize(a.label)) for k, a in self.attributes.items()), key=lambda kl: -len(kl[1]))
         self.longest_name = max(len(k.split()) for k in self._by_key)
         self._values: dict[str, list[str]] = {}
 
@@ -127,19 +128,9 @@ class KnowledgeBase:
         """The attributes a query names by their labels ("price of Swift Cedar Lamp" -> ["price"]), longest label
         first ("expected delivery" is not also "delivery"); the words of the entity ``name`` in the query are not
         labels ("City Inn" does not ask for the city)."""
-        words, found = normalize(query), []
-        span = normalize(name)
-        for i in range(len(words) - len(span) + 1):
-            if span and words[i:i + len(span)] == span:
-                words[i:i + len(span)] = [""] * len(span)
-                break
-        labels = [(k, normalize(a.label)) for k, a in self.attributes.items()]
-        for key, label in sorted((kl for kl in labels if kl[1]), key=lambda kl: -len(kl[1])):
-            for i in range(len(words) - len(label) + 1):
-                if words[i:i + len(label)] == label:
-                    found.append(key)
-                    words[i:i + len(label)] = [""] * len(label)
-                    break
+        words = normalize(query)
+        _take(words, normalize(name))
+        found = {key for key, label in self._labels if _take(words, label)}
         return [k for k in self.attributes if k in found]
 
     def format_row(self, row: Row, fields: Sequence[str] = ()) -> str:
@@ -180,6 +171,16 @@ class KnowledgeBase:
                     old[k] = _changed(r[k], pools[k], rng)
             rows.append(old)
         return KnowledgeBase(rows, self.attributes)
+
+
+def _take(words: list[str], run: list[str]) -> bool:
+    """Blank the first occurrence of the word run ``run`` in ``words`` (so no later match reuses it); whether it
+    was there. An empty run is never there."""
+    for i in range(len(words) - len(run) + 1):
+        if run and words[i:i + len(run)] == run:
+            words[i:i + len(run)] = [""] * len(run)
+            return True
+    return False
 
 
 def _changed(value: str, pool: list[str], rng: np.random.Generator) -> str:

@@ -12,7 +12,7 @@ from lmpo.config import AdvantageConfig, PPOConfig, ReinforceConfig, TRPOConfig
 from lmpo.core import estimate_advantages
 from lmpo.policies import Policy
 from lmpo.policies.generation import generate, to_rollout
-from lmpo.policies.gpt import GPT, GPTConfig
+from lmpo.policies.gpt import GPT, GPTConfig, rotary, rotate
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.recurrent import RecurrentLM
 from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
@@ -221,8 +221,6 @@ def test_kv_cache_is_made_in_the_autocast_dtype() -> None:
 def test_rotary_attention_depends_on_distance_not_place() -> None:
     """RoPE: a query at i and a key at j score the same as at i + s and j + s, so a copy learnt at one place in a
     conversation works at every other."""
-    from lmpo.policies.gpt import rotary, rotate
-
     torch.manual_seed(0)
     q, k = torch.randn(1, 2, 1, 16), torch.randn(1, 2, 1, 16)
 
