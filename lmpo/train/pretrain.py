@@ -91,11 +91,13 @@ def _windows(data: Sequence[EncodedDialogue], max_len: int) -> list[EncodedDialo
 
 
 def _nll(policy: LMPolicy, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tensor]:
-    """Summed negative log-likelihood of the trained tokens, and their count."""
-    logits, _, _ = policy.body(ids, ids != policy.pad_id)
-    target_mask = loss_mask[:, 1:]  # token t+1 is predicted at position t
-    nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), ids[:, 1:].reshape(-1), reduction="none")
-    return (nll * target_mask.reshape(-1)).sum(), target_mask.sum()
+    """Summed negative log-likelihood of the trained tokens, and their count. Logits are computed only where a
+    trained token is predicted: context (user lines, tool results, padding) costs no output projection."""
+    predicts = torch.zeros_like(ids, dtype=torch.bool)
+    predicts[:, :-1] = loss_mask[:, 1:] > 0  # token t+1 is predicted at position t
+    logits, _, _ = policy.body(ids, ids != policy.pad_id, keep=predicts)  # (N, V)
+    targets = ids[:, 1:][predicts[:, :-1]]
+    return F.cross_entropy(logits, targets, reduction="sum"), predicts.sum().to(logits.dtype)
 
 
 @torch.no_grad()

@@ -2,11 +2,13 @@
 
 import math
 
+import pytest
 import torch
 
 from lmpo.data import dialogue_texts, encode_dialogue, load_chatterbot, split_dialogues, train_tokenizer
 from lmpo.data.tokenizer import EncodedDialogue
 from lmpo.policies import LMPolicy, RecurrentLM
+from lmpo.policies.gpt import GPT, GPTConfig
 from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain, training_windows
 
 
@@ -34,6 +36,25 @@ def test_perplexity_ignores_user_tokens() -> None:
     c = EncodedDialogue([1, 3, 5, 6, 2, 4, 7, 2], [0, 0, 0, 0, 0, 0, 0, 0])
     assert perplexity(pol, [a]) != perplexity(pol, [b])  # the reply is conditioned on the user's words
     assert perplexity(pol, [c]) == 1.0  # nothing to predict: exp(0 / max(0, 1))
+
+
+@pytest.mark.parametrize("kind", ["gru", "transformer"])
+def test_loss_is_the_full_sequence_loss_at_trained_tokens(kind: str) -> None:
+    # pre-training projects only the positions that predict a trained token: the same loss as full logits
+    torch.manual_seed(0)
+    body = RecurrentLM(30, "gru", embed=8, hidden=8) if kind == "gru" else GPT(GPTConfig(30, 1, 2, 8, 32, 0.0))
+    pol = LMPolicy(body, 0, 2).eval()
+    data = [EncodedDialogue([1, 3, 5, 6, 2, 4, 7, 2], [0, 0, 0, 0, 1, 0, 1, 1]),
+            EncodedDialogue([1, 8, 9, 2, 11, 2], [0, 0, 0, 0, 1, 1])]  # padded to 8 in one batch
+    total, count = 0.0, 0
+    for d in data:
+        ids = torch.tensor([d.ids])
+        with torch.no_grad():
+            logp = torch.log_softmax(body(ids, torch.ones_like(ids, dtype=torch.bool))[0][0], -1)
+        for t in range(1, len(d.ids)):
+            if d.loss_mask[t]:
+                total, count = total - float(logp[t - 1, d.ids[t]]), count + 1
+    assert perplexity(pol, data) == pytest.approx(math.exp(total / count), rel=1e-5)
 
 
 def test_long_dialogues_train_every_reply_from_its_start() -> None:
