@@ -63,6 +63,9 @@ class SupportSettings(EnvSettings):
         "knowledge base), lookup_verbose, deflect.")
     stale_share: float = Field(0.8, ge=0, le=1, description="Share of values that changed since the agents "
                                "answering from memory learnt them.")
+    stale_versions: int = Field(8, ge=1, description="Older versions of the knowledge base that agents answering "
+                                "from memory learnt (each transcript's agent, one of them): agents disagree, as "
+                                "people who learnt a catalogue at different times do.")
     train_goals: int = Field(2000, ge=1, description="Customer goals on RL entities.")
     eval_goals: int = Field(200, ge=1, description="Customer goals per evaluation split.")
 
@@ -260,8 +263,10 @@ class Support:
             rng = np.random.default_rng(seed)
             names = sorted(s.agents)
             shares = np.array([s.agents[a] for a in names]) / sum(s.agents.values())
-            stale = self.kb.stale(s.stale_share, seed)
-            self._dialogues[split] = [self.transcript(g, names[int(rng.choice(len(names), p=shares))], stale, rng)
+            stales = [self.kb.stale(s.stale_share, seed + 100 * k) for k in range(s.stale_versions)]
+            self._dialogues[split] = [self.transcript(g, names[int(rng.choice(len(names), p=shares))],
+                                                      stales[int(rng.integers(len(stales)))] if len(stales) > 1
+                                                      else stales[0], rng)
                                       for g in self.goals(rows, n, False, seed)]
         return self._dialogues[split]
 

@@ -291,6 +291,22 @@ def test_memory_answers_quote_the_stale_knowledge_base(stale_share: float, verdi
         assert states_value(reply, family.kb.get(q.entity)[q.attribute]) == verdict[1], reply
 
 
+@pytest.mark.parametrize("versions", [1, 8])
+def test_memory_agents_learnt_the_catalogue_at_different_times(versions: int) -> None:
+    # one old version: every agent quotes the same old value of an entity's attribute (a value to memorise);
+    # several: agents disagree, and only a lookup tells the value
+    family = Support(SupportSettings(**{**SMALL, "transcripts": 600}, agents={"memory": 1.0}, stale_share=1.0,
+                                     stale_versions=versions))
+    quoted: dict[tuple[str, str], set[str]] = {}
+    for d in family.pretraining("train"):
+        for q, reply in _answers(family, d):
+            if q.attribute != "product":  # an order's product never changes
+                quoted.setdefault((q.entity, q.attribute), set()).add(reply)
+    disagree = sum(len(replies) > 1 for replies in quoted.values())
+    assert len(quoted) >= 100
+    assert disagree == 0 if versions == 1 else disagree >= len(quoted) // 4, (disagree, len(quoted))
+
+
 # --------------------------------------------------------------------------------------------------- goals
 def test_goals_use_their_entities_and_phrasings(family: Support) -> None:
     names = {split: {r["name"] for r in rows} for split, rows in family.entities.items()}
