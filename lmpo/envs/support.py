@@ -263,6 +263,8 @@ class Support:
             rng = np.random.default_rng(seed)
             names = sorted(s.agents)
             shares = np.array([s.agents[a] for a in names]) / sum(s.agents.values())
+            # each transcript's agent remembers one old catalogue (one catalogue draws nothing from rng, so
+            # stale_versions=1 gives the transcripts of earlier lmpo versions)
             stales = [self.kb.stale(s.stale_share, seed + 100 * k) for k in range(s.stale_versions)]
             self._dialogues[split] = [self.transcript(g, names[int(rng.choice(len(names), p=shares))],
                                                       stales[int(rng.integers(len(stales)))] if len(stales) > 1
