@@ -34,6 +34,10 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     ["pretrain", "cartpole-ddpg"],
     ["eval", "/no/such/run", "--episodes", "0"],
     ["recipes", "cp", "cartpole-ddpg"],
+    # numbers must be finite: an infinite learning rate trained every weight to NaN and exited 0
+    ["train", str(CONFIGS / "cartpole-ppo.yaml"), "algo.lr=.inf"],
+    ["train", str(CONFIGS / "cartpole-ppo.yaml"), "algo.ent_coef=.nan"],
+    ["train", "support", "env.kwargs.stale_share=.nan"],
 ])
 def test_user_errors_exit_2_with_one_line(args: list[str]) -> None:
     out = _run(*args)

@@ -30,9 +30,9 @@ Example = dict[str, Any]
 
 
 class EnvSettings(BaseModel):
-    """Base of a text environment's settings: unknown keys are errors."""
+    """Base of a text environment's settings: unknown keys are errors, numbers are finite."""
 
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 @dataclass
