@@ -97,7 +97,7 @@ def _nll(policy: LMPolicy, ids: Tensor, loss_mask: Tensor) -> tuple[Tensor, Tens
     predicts[:, :-1] = loss_mask[:, 1:] > 0  # token t+1 is predicted at position t
     logits, _, _ = policy.body(ids, ids != policy.pad_id, keep=predicts)  # (N, V)
     targets = ids[:, 1:][predicts[:, :-1]]
-    return F.cross_entropy(logits, targets, reduction="sum"), predicts.sum().to(logits.dtype)
+    return F.cross_entropy(logits, targets, reduction="sum"), predicts.sum().float()  # not bf16: counts pass 256
 
 
 @torch.no_grad()
