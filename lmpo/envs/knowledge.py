@@ -64,10 +64,11 @@ class KnowledgeBase:
         dup = [n for n, c in names.items() if c > 1]
         if dup:
             raise KnowledgeBaseError(f"entity names must be distinct; repeated: {dup[:3]}")
-        df = Counter(t for r in self.rows for t in set(normalize(r["name"])))
+        words = [set(normalize(r["name"])) for r in self.rows]  # normalised and weighed once, not per lookup
+        df = Counter(t for w in words for t in w)
         self._idf = {t: math.log(1 + len(self.rows) / c) for t, c in df.items()}
         self._by_key = {self.key(r["name"]): r for r in self.rows}
-        self._name_words = [(set(normalize(r["name"])), r) for r in self.rows]  # normalised once, not per lookup
+        self._names = [(w, sum(self._idf[t] for t in w), r) for w, r in zip(words, self.rows, strict=True)]
         self._labels = sorted(((k, normalize(a.label)) for k, a in self.attributes.items()), key=lambda kl: -len(kl[1]))
         self.longest_name = max(len(k.split()) for k in self._by_key)
         self._values: dict[str, list[str]] = {}
@@ -101,8 +102,7 @@ class KnowledgeBase:
         if not words:
             return []
         scored = []
-        for name, r in self._name_words:
-            total = sum(self._idf[t] for t in name)
+        for name, total, r in self._names:
             score = sum(self._idf[t] for t in name & words) / total if total else 0.0
             if score >= threshold:
                 scored.append((-score, -len(name & words) / len(words), r["name"], r))

@@ -296,7 +296,7 @@ def answer(attr: Attribute, name: str, value: str, verbose: bool = False, hedged
     answers from memory ("I believe it costs $34.99."), as people who have not checked say."""
     text = fill(attr.answer, name, value, attr.label)
     # inside a sentence: the name as written, and a first letter lower-cased only where the template has one
-    template = "{name}" + attr.answer[6:] if attr.answer.startswith("{Name}") else attr.answer
+    template = "{name}" + attr.answer.removeprefix("{Name}") if attr.answer.startswith("{Name}") else attr.answer
     inner = fill(template, name, value, attr.label)
     inner = inner[:1].lower() + inner[1:] if template[:1].isalpha() else inner
     if hedged:  # a guess is a guess, however long-winded
