@@ -34,6 +34,19 @@ class CorpusError(ValueError):
     """A corpus file that cannot be used; the message names the file and the line or conversation."""
 
 
+def read_utf8(path: Path, error: type[ValueError] = CorpusError) -> str:
+    """A data file's text; not UTF-8 (naming the line of the first bad byte) or unreadable is an ``error``."""
+    try:
+        data = path.read_bytes()
+    except OSError as e:
+        raise error(f"cannot read {path}: {e.strerror}") from None
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = data[:e.start].count(b"\n") + 1
+        raise error(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
+
+
 def _alternating(lines: list[str]) -> Dialogue:
     roles: tuple[Role, Role] = ("user", "assistant")
     return tuple(Turn(roles[i % 2], text.strip()) for i, text in enumerate(lines))
@@ -79,7 +92,7 @@ def load_jsonl(path: str | Path) -> list[Dialogue]:
     if not path.is_file():
         raise CorpusError(f"dialogue file not found: {path}")
     dialogues: list[Dialogue] = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path).splitlines(), 1):
         if not line.strip():
             continue
         where = f"{path}:{n}"

@@ -137,7 +137,9 @@ class Chatbot:
         self.dialogues = list(dict.fromkeys(dialogues))
         self.train, self.heldout = split_dialogues(self.dialogues, settings.heldout_fraction)
         if not self.train:
-            raise CorpusError("no training conversations (env.kwargs.heldout_fraction too large for this corpus?)")
+            source = settings.jsonl or "the chatterbot corpus"
+            raise CorpusError(f"{source}: no training conversations (no dialogues, or env.kwargs.heldout_fraction too "
+                              "large for them)")
         self.user = SimulatedUser(self.dialogues, settings.satisfied_at, settings.neutral_at)
 
     def examples(self, split: str) -> list[Example]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import csv
 import hashlib
+import io
 import json
 import math
 import re
@@ -22,6 +23,7 @@ from typing import Any
 import numpy as np
 import yaml
 
+from lmpo.data.corpus import read_utf8
 from lmpo.data.matching import MONTHS, as_date, normalize
 
 Row = dict[str, str]
@@ -280,7 +282,7 @@ def templates_beside(path: Path) -> dict[str, dict[str, Any]]:
     if not side.is_file():
         return {}
     try:
-        data = yaml.safe_load(side.read_text(encoding="utf-8")) or {}
+        data = yaml.safe_load(read_utf8(side, KnowledgeBaseError)) or {}
     except yaml.YAMLError as e:
         raise KnowledgeBaseError(f"{side}: not valid YAML ({str(e).splitlines()[0]})") from None
     unknown = sorted(set(data) - {"questions", "heldout_questions", "answers"}) if isinstance(data, dict) else []
@@ -354,16 +356,15 @@ def _checked(row: object, where: str) -> Row:
 
 
 def _read_csv(path: Path) -> list[Row]:
-    with path.open(newline="", encoding="utf-8") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None or "name" not in reader.fieldnames:
-            raise KnowledgeBaseError(f"{path}:1: missing 'name' column (header: {', '.join(reader.fieldnames or [])})")
-        return [_checked(r, f"{path}:{reader.line_num}") for r in reader]
+    reader = csv.DictReader(io.StringIO(read_utf8(path, KnowledgeBaseError), newline=""))
+    if reader.fieldnames is None or "name" not in reader.fieldnames:
+        raise KnowledgeBaseError(f"{path}:1: missing 'name' column (header: {', '.join(reader.fieldnames or [])})")
+    return [_checked(r, f"{path}:{reader.line_num}") for r in reader]
 
 
 def _read_jsonl(path: Path) -> list[Row]:
     rows = []
-    for n, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for n, line in enumerate(read_utf8(path, KnowledgeBaseError).splitlines(), 1):
         if not line.strip():
             continue
         try:

@@ -19,12 +19,12 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import numpy as np
 from pydantic import Field, field_validator
 
-from lmpo.data.corpus import Dialogue, Turn
+from lmpo.data.corpus import Dialogue, Turn, read_utf8
 from lmpo.data.matching import as_date, dates_in, numbers_in, states_value, word_count
 from lmpo.data.tokenizer import train_tokenizer
 from lmpo.envs.knowledge import Attribute, KnowledgeBase, KnowledgeBaseError, Row, load_knowledge_base, shop
@@ -50,7 +50,7 @@ class SupportSettings(EnvSettings):
                                     "({name}, {Name}, {value}, {label}).")
     products: int = Field(600, ge=1, le=14_400, description="lmpo's shop: products.")
     orders: int = Field(600, ge=0, le=9_000, description="lmpo's shop: orders.")
-    entity_split: list[float] = Field([0.5, 0.25, 0.25], min_length=3, max_length=3,
+    entity_split: list[Annotated[float, Field(gt=0)]] = Field([0.5, 0.25, 0.25], min_length=3, max_length=3,
                                       description="Shares of entities for transcripts, RL and held-out evaluation.")
     max_questions: int = Field(3, ge=1, description="Most questions in a customer's goal (1 to this many).")
     max_words: int = Field(15, ge=1, description="Longest answer (words) the customer is satisfied with.")
@@ -309,10 +309,13 @@ def answer(attr: Attribute, name: str, value: str, verbose: bool = False, hedged
 
 def load_saved(path: Path) -> KnowledgeBase:
     """A knowledge base stored in a run by ``Support.save``."""
-    data = json.loads(path.read_text())
-    attributes = {a["key"]: Attribute(a["key"], a["label"], tuple(a["questions"]), tuple(a["heldout_questions"]),
-                                      a["answer"]) for a in data["attributes"]}
-    return KnowledgeBase(data["rows"], attributes)
+    try:
+        data = json.loads(read_utf8(path, KnowledgeBaseError))
+        attributes = {a["key"]: Attribute(a["key"], a["label"], tuple(a["questions"]), tuple(a["heldout_questions"]),
+                                          a["answer"]) for a in data["attributes"]}
+        return KnowledgeBase(data["rows"], attributes)
+    except (json.JSONDecodeError, KeyError, TypeError) as e:  # the run's copy was edited or truncated
+        raise KnowledgeBaseError(f"{path} is damaged ({type(e).__name__}: {e})") from None
 
 
 class SupportEnv(TokenTextEnv):
