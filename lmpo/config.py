@@ -6,6 +6,7 @@ YAML recipes under ``configs/`` are loaded with ``load_config`` and dotted overr
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -26,7 +27,7 @@ class Section(BaseModel):
 
 class EnvConfig(Section):
     id: str = Field("CartPole-v1", description="Any registered Gymnasium id, e.g. CartPole-v1 or Pendulum-v1.")
-    num_envs: int = Field(8, ge=1, description="Parallel environments in the vector env.")
+    num_envs: int = Field(8, ge=1, le=4096, description="Parallel environments in the vector env.")
     vectorization: Literal["sync", "async"] = Field(
         "sync", description="Gymnasium SyncVectorEnv (one process, resumable) or AsyncVectorEnv (subprocesses)."
     )
@@ -48,26 +49,31 @@ class EnvConfig(Section):
 
 
 LM_KINDS = ("gru", "lstm", "transformer", "hf")
+# upper bounds on sizes: beyond them a setting is a typo, not a model (10**9 would die allocating, not say so)
+MAX_WIDTH = 1 << 16
+MAX_TOKENS = 1 << 16
+MAX_BATCH = 1 << 20
 
 
 class PolicyConfig(Section):
     kind: Literal["mlp", "gru", "lstm", "transformer", "hf"] = Field(
         "mlp", description="'mlp' for control; 'gru', 'lstm', 'transformer' or 'hf' for text environments."
     )
-    hidden_sizes: list[int] = Field([64, 64], description="Hidden layer widths of the actor (and critic).")
+    hidden_sizes: list[Annotated[int, Field(ge=1, le=MAX_WIDTH)]] = Field(
+        [64, 64], description="Hidden layer widths of the actor (and critic).")
     activation: Literal["tanh", "relu", "gelu"] = Field("tanh", description="Hidden activation.")
     critic: Literal["separate", "shared", "none"] = Field(
         "separate", description="Value function: its own MLP, a head on the actor trunk, or none."
     )
     log_std_init: float = Field(0.0, description="Initial log standard deviation of Gaussian policies.")
     normalize_obs: bool = Field(False, description="Normalise observations with running mean/std.")
-    embed: int = Field(256, ge=1, description="gru/lstm: embedding size.")
-    hidden: int = Field(512, ge=1, description="gru/lstm: recurrent state size.")
+    embed: int = Field(256, ge=1, le=MAX_WIDTH, description="gru/lstm: embedding size.")
+    hidden: int = Field(512, ge=1, le=MAX_WIDTH, description="gru/lstm: recurrent state size.")
     dropout: float = Field(0.1, ge=0, lt=1, description="gru/lstm/transformer: dropout in pre-training.")
-    n_layer: int = Field(4, ge=1, description="transformer: decoder blocks.")
-    n_head: int = Field(4, ge=1, description="transformer: attention heads.")
-    d_model: int = Field(256, ge=1, description="transformer: model width.")
-    max_len: int = Field(512, ge=8, description="transformer: longest sequence (positions).")
+    n_layer: int = Field(4, ge=1, le=256, description="transformer: decoder blocks.")
+    n_head: int = Field(4, ge=1, le=1024, description="transformer: attention heads (a divisor of d_model).")
+    d_model: int = Field(256, ge=1, le=MAX_WIDTH, description="transformer: model width.")
+    max_len: int = Field(512, ge=8, le=MAX_TOKENS, description="transformer: longest sequence (positions).")
     positions: Literal["learned", "rotary"] = Field(
         "learned", description="transformer: a learned position embedding, or rotary positions (RoPE: attention "
         "depends on distance, not place; the support desk's model copies names and numbers far better with it).")
@@ -80,7 +86,14 @@ class SamplingSection(Section):
     top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (1: off).")
     epsilon: float = Field(0.0, ge=0, le=1, description="Probability of a uniformly random token.")
     min_new_tokens: int = Field(1, ge=0, description="<eos> is banned before this many reply tokens.")
-    max_new_tokens: int = Field(24, ge=1, description="Longest reply.")
+    max_new_tokens: int = Field(24, ge=1, le=MAX_TOKENS, description="Longest reply.")
+
+    @model_validator(mode="after")
+    def _lengths(self) -> SamplingSection:
+        if self.min_new_tokens > self.max_new_tokens:
+            raise ValueError(f"text.sampling.min_new_tokens ({self.min_new_tokens}) must not exceed max_new_tokens "
+                             f"({self.max_new_tokens})")
+        return self
 
 
 class KLSection(Section):
@@ -93,13 +106,15 @@ class KLSection(Section):
 class PretrainSection(Section):
     epochs: int = Field(8, ge=0, description="Supervised epochs before RL (0: none).")
     lr: float = Field(2e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
-    batch_size: int = Field(32, ge=1, description="Examples per batch (see max_len).")
-    max_len: int = Field(128, ge=8, description="Longest training example; a longer dialogue gives one example "
-                         "per bot turn.")
+    batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="Examples per batch (see max_len).")
+    max_len: int = Field(128, ge=8, le=MAX_TOKENS, description="Longest training example; a longer dialogue gives "
+                         "one example per bot turn.")
+    checkpoint_every_s: float = Field(60.0, gt=0, description="Seconds between pre-training's own checkpoints "
+                                      "(in <run>/pretrain/: a killed run resumes pre-training where it was).")
 
 
 class TextConfig(Section):
-    vocab_size: int = Field(2048, ge=262, description="BPE vocabulary size of a tokenizer trained here.")
+    vocab_size: int = Field(2048, ge=262, le=1 << 18, description="BPE vocabulary size of a tokenizer trained here.")
     tokenizer: str | None = Field(
         None, description="Directory of an existing chat tokenizer (None: an hf policy's own, or one trained here)."
     )
@@ -109,14 +124,15 @@ class TextConfig(Section):
     rewards: list[dict[str, Any]] | None = Field(
         None, description="The reward: a weighted sum of reward functions, each {name: <registered name, "
         "module:function or file.py:function>, weight: 1.0, <its settings>} (None: the environment's default).")
-    conversations_per_update: int = Field(16, ge=1, description="Examples (opening lines, customer goals) drawn "
-                                          "with replacement per update.")
-    samples_per_prompt: int = Field(4, ge=1, description="Conversations played from each opening line.")
-    max_prompt_tokens: int = Field(96, ge=8, description="Dialogue history kept in a prompt (the last tokens).")
+    conversations_per_update: int = Field(16, ge=1, le=MAX_BATCH, description="Examples (opening lines, customer "
+                                          "goals) drawn with replacement per update.")
+    samples_per_prompt: int = Field(4, ge=1, le=1024, description="Conversations played from each opening line.")
+    max_prompt_tokens: int = Field(96, ge=8, le=MAX_TOKENS,
+                                   description="Dialogue history kept in a prompt (the last tokens).")
     eval_conversations: int = Field(0, ge=0, description="Conversations per evaluation split (0: all).")
-    eval_samples: int = Field(4, ge=1, description="Sampled conversations per example for the sampled satisfaction "
-                              "and the KL to the reference (one: a standard error of about 0.02 on 300 examples; "
-                              "four halve the sampling noise).")
+    eval_samples: int = Field(4, ge=1, le=1024, description="Sampled conversations per example for the sampled "
+                              "satisfaction and the KL to the reference (one: a standard error of about 0.02 on 300 "
+                              "examples; four halve the sampling noise).")
 
     @field_validator("rewards")
     @classmethod
@@ -179,14 +195,15 @@ class TRPOConfig(AlgoBase):
     backtrack_iters: int = Field(10, ge=1, description="Line-search steps before giving up.")
     backtrack_coef: float = Field(0.8, gt=0, lt=1, description="Step shrink factor per line-search step.")
     vf_iters: int = Field(20, ge=1, description="Epochs of value-function regression per update.")
-    vf_batch_size: int = Field(512, ge=1, description="Minibatch size (rows) of value regression.")
+    vf_batch_size: int = Field(512, ge=1, le=MAX_BATCH, description="Minibatch size (rows) of value regression.")
     advantage: AdvantageConfig = Field(default_factory=AdvantageConfig, description="GAE settings.")
 
 
 class PPOConfig(AlgoBase):
     name: Literal["ppo"] = "ppo"
     epochs: int = Field(10, ge=1, description="Passes over the rollout per update.")
-    batch_size: int = Field(64, ge=1, description="Minibatch size in rows (steps for control, sequences for LMs).")
+    batch_size: int = Field(64, ge=1, le=MAX_BATCH,
+                            description="Minibatch size in rows (steps for control, sequences for LMs).")
     clip_range: float = Field(0.2, gt=0, description="Policy ratio clip epsilon.")
     clip_range_vf: float | None = Field(None, gt=0, description="Clip value predictions around old values.")
     anneal_clip: bool = Field(False, description="Decay clip_range linearly to 0 over training.")
@@ -201,12 +218,13 @@ class RolloutConfig(Section):
     mode: Literal["steps", "episodes"] = Field(
         "steps", description="'steps': each env runs a fixed number of steps; 'episodes': whole episodes."
     )
-    steps_per_env: int = Field(128, ge=1, description="Steps per environment per update ('steps' mode).")
-    episodes_per_env: int = Field(1, ge=1, description="Episodes per environment per update ('episodes' mode).")
+    steps_per_env: int = Field(128, ge=1, le=MAX_BATCH, description="Steps per environment per update ('steps' mode).")
+    episodes_per_env: int = Field(1, ge=1, le=1024,
+                                  description="Episodes per environment per update ('episodes' mode).")
 
 
 class TrainConfig(Section):
-    total_steps: int = Field(100_000, ge=1, description="Environment steps to train for.")
+    total_steps: int = Field(100_000, ge=1, le=10**12, description="Environment steps to train for.")
     eval_every: int = Field(10_000, ge=0, description="Evaluate every this many env steps (0: only at the end).")
     eval_episodes: int = Field(10, ge=1, description="Deterministic episodes per evaluation.")
     checkpoint_every: int = Field(10, ge=1, description="Save a checkpoint every this many updates.")
@@ -224,8 +242,8 @@ class TrainConfig(Section):
 
 
 class Config(Section):
-    name: str = Field("run", pattern=r"^[A-Za-z0-9_.\-]+$", description="Run name: runs/<name>/.")
-    seed: int = Field(0, description="Seed of torch, numpy and the environments.")
+    name: str = Field("run", description="Run name: runs/<name>/ (letters, digits, '_', '-', '.'; not only dots).")
+    seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of torch, numpy and the environments.")
     env: EnvConfig = Field(default_factory=EnvConfig)
     policy: PolicyConfig = Field(default_factory=PolicyConfig)
     algo: AlgoConfig = Field(default_factory=PPOConfig)
@@ -233,12 +251,46 @@ class Config(Section):
     train: TrainConfig = Field(default_factory=TrainConfig)
     text: TextConfig | None = Field(None, description="Dialogue settings (text environments only).")
 
+    @field_validator("name")
+    @classmethod
+    def _directory_name(cls, v: str) -> str:
+        if not re.fullmatch(r"[A-Za-z0-9_.\-]{1,200}", v) or set(v) == {"."}:
+            raise ValueError("a run name is 1-200 letters, digits, '_', '-' and '.', not only dots (it names a "
+                             "directory inside train.runs_dir)")
+        return v
+
     @property
     def is_text(self) -> bool:
         """Whether the environment is a text environment (registered with ``lmpo.envs.register_text_env``)."""
         from lmpo.envs.text import text_env
 
         return text_env(self.env.id) is not None
+
+    def _transformer_fits(self, t: TextConfig) -> None:
+        p = self.policy
+        if p.kind != "transformer":
+            return
+        if p.d_model % p.n_head or p.positions == "rotary" and (p.d_model // p.n_head) % 2:
+            even = " and an even quotient (rotary positions)" if p.positions == "rotary" else ""
+            raise ValueError(f"policy.d_model ({p.d_model}) must be divisible by policy.n_head ({p.n_head}){even}")
+        longest = max(t.pretrain.max_len, t.max_prompt_tokens + t.sampling.max_new_tokens)
+        if longest > p.max_len:
+            raise ValueError(f"policy.max_len ({p.max_len}) is shorter than the longest sequence the run feeds the "
+                             f"model: {longest} (text.pretrain.max_len, or text.max_prompt_tokens + "
+                             "text.sampling.max_new_tokens)")
+
+    def _control_fits(self) -> None:
+        if self.policy.kind != "mlp":
+            raise ValueError(f"policy.kind {self.policy.kind!r} is for text environments; use 'mlp'")
+        if self.text is not None:
+            raise ValueError("the text section is for text environments (such as lmpo/Support-v0)")
+        if self.train.precision != "fp32":
+            raise ValueError("train.precision bf16 is for language-model policies (text environments)")
+        from lmpo.envs.vector import control_env_problem
+
+        problem = control_env_problem(self.env.id, self.env.kwargs)
+        if problem:
+            raise ValueError(problem)
 
     @model_validator(mode="after")
     def _consistent(self) -> Config:
@@ -249,13 +301,9 @@ class Config(Section):
                 raise ValueError("policy.kind 'hf' needs policy.path (a local directory or hub id)")
             if self.text is None:
                 self.text = TextConfig()
+            self._transformer_fits(self.text)
             return self
-        if self.policy.kind != "mlp":
-            raise ValueError(f"policy.kind {self.policy.kind!r} is for text environments; use 'mlp'")
-        if self.text is not None:
-            raise ValueError("the text section is for text environments (such as lmpo/Support-v0)")
-        if self.train.precision != "fp32":
-            raise ValueError("train.precision bf16 is for language-model policies (text environments)")
+        self._control_fits()
         adv = self.algo.advantage
         needs_value = adv.estimator == "gae" or adv.baseline == "value"
         if needs_value and self.policy.critic == "none":
@@ -277,7 +325,7 @@ def _format_error(e: ValidationError, prefix: str = "") -> str:
     parts = []
     for err in e.errors():
         loc = prefix + ".".join(str(p) for p in err["loc"] if not str(p).startswith(("function-", "tagged-union")))
-        loc = ".".join(p for p in loc.split(".") if p and p not in ("reinforce", "trpo", "ppo")) or "config"
+        loc = ".".join(p for p in loc.split(".") if p and p not in ("reinforce", "trpo", "ppo"))
         msg = err["msg"]
         if err["type"] == "extra_forbidden":
             msg = "unknown key"
@@ -286,7 +334,8 @@ def _format_error(e: ValidationError, prefix: str = "") -> str:
             loc = "algo.name"
         elif "input" in err and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
-        parts.append(f"{loc}: {msg.removeprefix('Value error, ')}")
+        msg = msg.removeprefix("Value error, ")
+        parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
 
@@ -297,6 +346,8 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     key, raw = item.split("=", 1)
     if not key or any(not p for p in key.split(".")):
         raise ConfigError(f"override {item!r} has an empty key")
+    if not re.fullmatch(r"[\w.\-]+", key):
+        raise ConfigError(f"override {item!r}: a key is letters, digits, '_', '-' and dots")
     try:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
@@ -305,7 +356,13 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Set dotted keys in a nested dict (creating sections as needed)."""
+    """Set dotted keys in a nested dict (creating sections as needed). An ``algo.name`` that switches the
+    algorithm starts the ``algo`` section afresh: the new algorithm's own defaults, plus the ``algo.*``
+    overrides given with it (the recipe's settings were for the other algorithm)."""
+    names = [value for path, value in map(parse_override, overrides) if path == ["algo", "name"]]
+    algo = data.get("algo")
+    if names and isinstance(algo, dict) and algo.get("name", "ppo") != names[-1]:
+        data["algo"] = {}
     for item in overrides:
         path, value = parse_override(item)
         node = data
@@ -320,6 +377,8 @@ def apply_overrides(data: dict[str, Any], overrides: list[str]) -> dict[str, Any
 
 def build_config(data: dict[str, Any]) -> Config:
     """Validate a nested dict; raises ``ConfigError`` with one clear line."""
+    if isinstance(data.get("algo"), dict) and "name" not in data["algo"]:
+        data["algo"] = {"name": "ppo", **data["algo"]}  # the default algorithm, as when the section is left out
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
@@ -341,11 +400,17 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
     if path is not None:
         p = Path(path)
         if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
+            raise ConfigError(f"config file not found: {p}" if not p.exists() else f"{p} is not a file")
         try:
-            loaded = yaml.safe_load(p.read_text())
+            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+        except OSError as e:
+            raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+        except UnicodeDecodeError as e:
+            raise ConfigError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
         except yaml.YAMLError as e:
-            raise ConfigError(f"{p}: not valid YAML ({str(e).splitlines()[0]})") from None
+            mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or "unreadable"
+            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({problem})") from None
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{p}: the top level must be a mapping of sections")
         data = loaded or {}

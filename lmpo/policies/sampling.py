@@ -25,6 +25,8 @@ class SamplingConfig:
     max_new_tokens: int = 32
 
     def __post_init__(self) -> None:
+        if not (math.isfinite(self.temperature) and math.isfinite(self.top_p) and math.isfinite(self.epsilon)):
+            raise ValueError(f"invalid sampling settings {self}: numbers must be finite")
         if self.temperature < 0 or self.top_k < 0 or not 0 < self.top_p <= 1 or not 0 <= self.epsilon <= 1:
             raise ValueError(f"invalid sampling settings {self}")
         if self.max_new_tokens < 1 or not 0 <= self.min_new_tokens <= self.max_new_tokens:
