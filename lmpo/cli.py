@@ -8,6 +8,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
+import io
+import shutil
 import sys
 from collections.abc import Callable, Iterator
 from importlib import resources
@@ -20,8 +23,12 @@ from lmpo.config import ConfigError
 if TYPE_CHECKING:
     from lmpo.config import Config
     from lmpo.data import Turn
+    from lmpo.train.trainer import Trainer
 
 EXIT_USAGE = 2
+EXIT_DIVERGED = 1
+# what the machine refuses (a full disk, a read-only or forbidden place): the user's to fix, not a bug
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
 DEFAULT_RECIPE_NAME = "support"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
 CONTROL_EVAL_EPISODES = 10
 CONTROL_EVAL_SEED = 12345
@@ -102,8 +109,32 @@ def _cmd_recipes(args: argparse.Namespace) -> int:
 
 
 # -------------------------------------------------------------------------------------- train, eval
+def _user_errors() -> tuple[type[Exception], ...]:
+    """The exceptions that are the user's to fix (a setting, a file): one line and exit code 2."""
+    from lmpo.data.corpus import CorpusError
+    from lmpo.envs.knowledge import KnowledgeBaseError
+    from lmpo.rewards import RewardError
+
+    return ConfigError, CorpusError, KnowledgeBaseError, RewardError
+
+
+def _start(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
+    """The trainer of a fresh run in its newly claimed directory, or of a resumed one. A fresh start that fails on
+    the user's mistake removes its directory: nothing is left that looks like a run."""
+    from lmpo.train.trainer import Trainer
+
+    failures: tuple[type[Exception], ...] = (*_user_errors(), OSError)
+    try:
+        return Trainer(cfg, run_dir=run_dir, resume=resume)
+    except failures:
+        if not resume:
+            shutil.rmtree(run_dir, ignore_errors=True)
+        raise
+
+
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lmpo.train.trainer import Trainer, fresh_run_dir, read_run_config
+    from lmpo.train.rundir import claim_run_dir
+    from lmpo.train.trainer import read_run_config
 
     if args.resume:
         run_dir = Path(args.resume)
@@ -111,9 +142,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = read_run_config(run_dir, overrides)
     else:
         cfg = load_recipe(*_config_and_overrides(args))
-        run_dir = fresh_run_dir(cfg)
+        run_dir = claim_run_dir(cfg)
     print(f"run directory: {run_dir}")  # before pre-training, which may take minutes
-    trainer = Trainer(cfg, run_dir=run_dir, resume=bool(args.resume))
+    trainer = _start(cfg, run_dir, bool(args.resume))
     summary = trainer.train()
     if not cfg.is_text:
         print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
@@ -169,15 +200,18 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _cmd_pretrain(args: argparse.Namespace) -> int:
-    from lmpo.train.trainer import Trainer, fresh_run_dir
+    from lmpo.train.rundir import claim_run_dir
 
     cfg = load_recipe(*_config_and_overrides(args))
     if not cfg.is_text:
         raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
-    run_dir = fresh_run_dir(cfg)
+    run_dir = claim_run_dir(cfg)
     print(f"run directory: {run_dir}")
-    trainer = Trainer(cfg, run_dir=run_dir)  # pre-trains the model and saves it as the frozen reference
-    trainer.save()
+    trainer = _start(cfg, run_dir, resume=False)  # pre-trains the model and saves it as the frozen reference
+    try:
+        trainer.save()
+    finally:
+        trainer.close()
     for key, value in trainer.prepare_metrics.items():
         print(f"{key}: {value:.3f}")
     print(f"pre-trained model saved in {trainer.run_dir}; continue with RL: lmpo train --resume {trainer.run_dir}")
@@ -248,14 +282,19 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
         sampling = SamplingConfig(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                   max_new_tokens=args.max_new_tokens, min_new_tokens=1)
     except ValueError:
-        raise ConfigError("invalid sampling settings: need --temperature >= 0, --top-k >= 0, 0 < --top-p <= 1 "
-                          "and --max-new-tokens >= 1") from None
+        raise ConfigError("invalid sampling settings: need a finite --temperature >= 0, --top-k >= 0, "
+                          "0 < --top-p <= 1 and --max-new-tokens >= 1") from None
+    if args.max_context is not None and args.max_context < 1:
+        raise ConfigError("--max-context must be at least 1 token")
     task, policy, _ = load_run(run_dir)
     tokenizer = getattr(task, "tokenizer", None)
     if tokenizer is None:
         raise ConfigError(f"{run_dir} is not a dialogue run")
-
     context = args.max_context or task.t.max_prompt_tokens
+    longest = task.cfg.policy.max_len if task.cfg.policy.kind == "transformer" else None
+    if longest is not None and context + args.max_new_tokens > longest:
+        raise ConfigError(f"--max-context {context} + --max-new-tokens {args.max_new_tokens} exceed the model's "
+                          f"{longest} positions (policy.max_len)")
     device = next(policy.parameters()).device
 
     def reply(history: list[Turn]) -> list[Turn]:
@@ -284,6 +323,8 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     print(f"sampling: temperature {args.temperature}, top-k {top_k}, top-p {top_p}, "
           f"max new tokens {args.max_new_tokens}")
     print("Talk to the bot. /help lists the commands, /reset starts over, /quit (or end of input) leaves.")
+    if isinstance(sys.stdin, io.TextIOWrapper):  # bytes that are not UTF-8 become U+FFFD: text, never a crash
+        sys.stdin.reconfigure(errors="replace")
     if not sys.stdin.isatty():  # piped input: no line editing, and no history to keep
         return chat_loop(reply)
     with line_history(Path(HISTORY_FILE).expanduser()):
@@ -353,17 +394,22 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "episodes", None) is not None and args.episodes < 1:
         print("lmpo: error: --episodes must be at least 1", file=sys.stderr)
         return EXIT_USAGE
-    from lmpo.data.corpus import CorpusError
-    from lmpo.envs.knowledge import KnowledgeBaseError
-    from lmpo.rewards import RewardError
+    from lmpo.train.runtime import TrainingDiverged
 
     try:
         return int(args.fn(args))
-    except (ConfigError, CorpusError, KnowledgeBaseError) as e:  # the user's file or setting: one line
+    except _user_errors() as e:  # the user's file or setting (or a user's reward function): one line
         print(f"lmpo: error: {e}", file=sys.stderr)
         return EXIT_USAGE
-    except RewardError as e:  # a reward failed (a user's function, or a built-in given fields its env lacks)
+    except TrainingDiverged as e:
         print(f"lmpo: error: {e}", file=sys.stderr)
+        return EXIT_DIVERGED
+    except OSError as e:
+        if e.errno not in USER_OS_ERRORS:
+            raise
+        where = f"{e.filename}: " if e.filename else ""
+        print(f"lmpo: error: {where}{e.strerror} (a checkpoint is written whole or not at all: the last one is "
+              "intact)", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""

@@ -80,7 +80,10 @@ def is_text_run(run_dir: Path) -> bool:
     path = run_dir / "config.yaml"
     if not path.is_file():
         return False
-    cfg = yaml.safe_load(path.read_text())
+    try:
+        cfg = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ConfigError(f"{path}: not a valid run config ({type(e).__name__})") from None
     return isinstance(cfg, dict) and cfg.get("text") is not None
 
 

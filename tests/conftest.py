@@ -1,5 +1,7 @@
 """Shared fixtures: small policies and rollouts built inside the tests."""
 
+from pathlib import Path
+
 import gymnasium as gym
 import numpy as np
 import pytest
@@ -51,3 +53,19 @@ def gpt2_style_tokenizer(texts, vocab_size: int = 400):
                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                                        show_progress=False))
     return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<|endoftext|>", eos_token="<|endoftext|>")
+
+
+# a tiny dialogue run: a GRU pre-trained for one epoch on one corpus category (seconds)
+TINY_TEXT = ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.embed=32", "policy.hidden=64",
+             "env.kwargs.categories=[greetings]", "text.vocab_size=300", "text.pretrain.epochs=1",
+             "text.sampling.max_new_tokens=8", "env.kwargs.max_turns=2", "train.progress=false", "seed=5"]
+
+
+@pytest.fixture(scope="session")
+def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A pre-trained (no RL) tiny dialogue run: a checkpoint and a reference. Shared: tests only read it."""
+    from lmpo.cli import main
+
+    runs = tmp_path_factory.mktemp("runs")
+    assert main(["pretrain", "chatbot", *TINY_TEXT, f"train.runs_dir={runs}", "name=tiny"]) == 0
+    return runs / "tiny"

@@ -119,7 +119,9 @@ class EncodedDialogue:
 
 
 def _content_ids(tok: PreTrainedTokenizerBase, text: str) -> list[int]:
-    return list(tok.encode(text, add_special_tokens=False))
+    """A turn's text as data: ``<eos>`` or ``<|assistant|>`` typed in it are characters, never the control tokens
+    (a person could otherwise end a turn or speak as the bot)."""
+    return list(tok.encode(text, add_special_tokens=False, split_special_tokens=True))
 
 
 def token_id(tok: PreTrainedTokenizerBase, token: str) -> int:

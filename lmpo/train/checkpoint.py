@@ -3,22 +3,31 @@
 Layout: ``<run>/checkpoints/iter_000042/{policy.safetensors, state.pt}`` and ``<run>/checkpoints/latest``
 naming the newest. Files are written into a hidden temporary directory, fsynced, and the directory is
 renamed into place (atomic on POSIX); ``latest`` is replaced atomically afterwards. A crash at any point
-leaves the previous checkpoint intact and at most a ``.tmp-*`` directory, removed on the next start.
+leaves the previous checkpoint intact and at most a ``.tmp-*`` directory, which only the writer removes (on
+its next start): readers never touch the files of a run that may be live, and retry when rotation removes
+the checkpoint they were reading.
 """
 
 from __future__ import annotations
 
 import io
 import os
+import pickle
 import shutil
 import signal
+import time
+import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import SafetensorError
 from torch import nn
 
+from lmpo.config import ConfigError
 from lmpo.policies.base import load_weights, save_weights
+
+READ_RETRIES = 5  # a reader's attempts when the writer's rotation removes the checkpoint it was reading
 
 # Fault injection for the crash tests: kill this process half-way through the N-th checkpoint write.
 _KILL_DURING_SAVE = int(os.environ.get("LMPO_FAULT_KILL_DURING_CHECKPOINT", "0"))
@@ -33,11 +42,23 @@ def _fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def write_atomic(path: Path, data: bytes) -> None:
+    """Replace ``path`` by ``data`` so that a crash at any moment leaves the old file or the new one, whole: write a
+    temporary file beside it, fsync it, rename it over ``path`` (atomic on POSIX), fsync the directory."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    _write(tmp, data)
+    os.replace(tmp, path)
+    _fsync_path(path.parent)
+
+
 def _write(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
+    try:
+        with open(path, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+    except OSError as e:  # a full disk: say which file (a failed write() names none)
+        raise OSError(e.errno, e.strerror, str(path)) from None
 
 
 def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dict[str, Any], keep: int) -> Path:
@@ -66,30 +87,84 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dic
         shutil.rmtree(stale)
     else:
         os.rename(tmp, final)
-    _write(ckpt_dir / ".latest.tmp", name.encode())
-    os.replace(ckpt_dir / ".latest.tmp", ckpt_dir / "latest")
-    _fsync_path(ckpt_dir)
+    write_atomic(ckpt_dir / "latest", name.encode())
     for old in sorted(ckpt_dir.glob("iter_*"))[:-keep]:  # zero-padded names sort by iteration
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest_checkpoint(ckpt_dir: Path) -> Path | None:
-    """The newest complete checkpoint, removing leftovers of interrupted writes; None if there is none."""
-    if not ckpt_dir.is_dir():
-        return None
+def remove_temporary(ckpt_dir: Path) -> None:
+    """Remove leftovers of interrupted writes: for the run's writer only (a reader would kill a live save)."""
     for tmp in ckpt_dir.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
-    pointer = ckpt_dir / "latest"
-    if not pointer.is_file():
+
+
+def _complete(path: Path) -> bool:
+    return (path / "policy.safetensors").is_file() and (path / "state.pt").is_file()
+
+
+def latest_checkpoint(ckpt_dir: Path) -> Path | None:
+    """The checkpoint ``latest`` names; None when the run has none. A crash between a run's first checkpoint
+    and its first ``latest`` leaves no pointer: the newest complete checkpoint then. A pointer to nothing is
+    damage, said in one line (silently starting over would throw the run away)."""
+    if not ckpt_dir.is_dir():
         return None
-    path = ckpt_dir / pointer.read_text().strip()
-    return path if (path / "policy.safetensors").is_file() and (path / "state.pt").is_file() else None
+    pointer = ckpt_dir / "latest"
+    try:
+        name = pointer.read_text().strip()
+    except FileNotFoundError:
+        done = [p for p in sorted(ckpt_dir.glob("iter_*")) if _complete(p)]
+        return done[-1] if done else None
+    except (OSError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{pointer} cannot be read ({e})") from None
+    path = ckpt_dir / name
+    if not name.startswith("iter_") or "/" in name or not _complete(path):
+        raise ConfigError(f"{pointer} names {name[:40]!r}, which is not a complete checkpoint in {ckpt_dir}")
+    return path
+
+
+def load_weights_checked(model: nn.Module, weights: Path) -> None:
+    """``load_weights``, with a damaged file, weights that do not fit ``model`` and non-finite weights each a
+    ``ConfigError`` naming the file."""
+    try:
+        load_weights(model, weights)
+    except SafetensorError as e:
+        raise ConfigError(f"{weights} is damaged ({e})") from None
+    except RuntimeError as e:  # missing, unexpected or differently shaped tensors
+        first = str(e).splitlines()[1].strip() if len(str(e).splitlines()) > 1 else str(e)
+        raise ConfigError(f"{weights} does not match the run's config.yaml ({first.rstrip('.')}); was config.yaml "
+                          "edited?") from None
+    bad = [k for k, v in model.state_dict().items() if v.is_floating_point() and not torch.isfinite(v).all()]
+    if bad:
+        raise ConfigError(f"{weights} holds non-finite weights (NaN or inf in {bad[0]}"
+                          f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); the run diverged")
 
 
 def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` and return the saved training state."""
-    load_weights(model, path / "policy.safetensors")
+    """Load weights into ``model`` (``load_weights_checked``) and return the saved training state."""
+    load_weights_checked(model, path / "policy.safetensors")
+    state_file = path / "state.pt"
     # the saved RNG and optimiser state may come from another device (a GPU run loaded on a CPU machine)
-    state: dict[str, Any] = torch.load(path / "state.pt", weights_only=False, map_location="cpu")
+    try:
+        state: dict[str, Any] = torch.load(state_file, weights_only=False, map_location="cpu")
+    except FileNotFoundError:
+        raise  # rotation removed it while a reader was reading: read_latest retries
+    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        raise ConfigError(f"{state_file} is damaged ({str(e).splitlines()[0]})") from None
     return state
+
+
+def read_latest(ckpt_dir: Path, model: nn.Module) -> tuple[Path, dict[str, Any]] | None:
+    """``load_checkpoint`` of the latest checkpoint, for readers of a run that may be training: when the
+    writer's rotation removes the checkpoint between finding and reading it, find the new one and retry."""
+    attempt = 0
+    while True:
+        path = None
+        try:
+            path = latest_checkpoint(ckpt_dir)
+            return None if path is None else (path, load_checkpoint(path, model))
+        except (FileNotFoundError, ConfigError):
+            attempt += 1
+            if attempt == READ_RETRIES or path is not None and _complete(path) and path == latest_checkpoint(ckpt_dir):
+                raise  # not rotation: the checkpoint is still there, and still the latest
+            time.sleep(0.05)

@@ -12,6 +12,8 @@ from tensorboard.compat.proto.event_pb2 import Event, SessionLog
 from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
+from lmpo.config import ConfigError
+
 
 class MetricsLogger:
     """Appends one JSON object per update to ``metrics.jsonl`` and mirrors the scalars to TensorBoard.
@@ -22,6 +24,7 @@ class MetricsLogger:
 
     def __init__(self, run_dir: Path, resume_iteration: int | None = None, resume_step: int = 0) -> None:
         self.path = run_dir / "metrics.jsonl"
+        self.finished = False  # whether the kept records end with the final evaluation (a finished run resumed)
         if resume_iteration is not None:
             self._truncate_after(resume_iteration)
         self.tb = EventFileWriter(str(run_dir / "tb"))
@@ -35,9 +38,9 @@ class MetricsLogger:
         """Forget records of updates after ``iteration`` (they are redone after a resume)."""
         if not self.path.exists():
             return
-        kept = [ln for ln in self.path.read_text().splitlines()
-                if ln.strip() and json.loads(ln).get("iteration", 0) <= iteration]
-        self.path.write_text("".join(ln + "\n" for ln in kept))
+        kept = [r for r in read_metrics(self.path.parent) if r.get("iteration", 0) <= iteration]
+        self.finished = bool(kept) and bool(kept[-1].get("final"))
+        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Write one record at environment step ``step``."""
@@ -49,12 +52,32 @@ class MetricsLogger:
             self.tb.add_event(Event(wall_time=time.time(), step=step, summary=Summary(value=values)))
 
     def close(self) -> None:
-        """Flush and close both sinks."""
+        """Flush and close both sinks (again: nothing)."""
+        if self.file.closed:
+            return
         self.file.close()
         self.tb.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of ``metrics.jsonl``."""
+    """All records of ``metrics.jsonl``. A torn last line (a crash mid-write) is left out; a damaged line
+    anywhere else is a ``ConfigError`` naming the file and line."""
     path = run_dir / "metrics.jsonl"
-    return [json.loads(ln) for ln in path.read_text().splitlines() if ln.strip()]
+    try:
+        lines = path.read_text().splitlines()
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{path} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    records = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError:
+            if number == len(lines):
+                break  # torn by a crash: that update is redone on resume
+            raise ConfigError(f"{path}:{number}: not a JSON record") from None
+        if not isinstance(record, dict):
+            raise ConfigError(f"{path}:{number}: not a JSON object")
+        records.append(record)
+    return records

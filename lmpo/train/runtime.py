@@ -1,10 +1,12 @@
-"""Process-level speed settings of a training run: the allocator and mixed precision."""
+"""Process-level settings of a training run (the allocator, mixed precision) and its guard against divergence."""
 
 from __future__ import annotations
 
 import contextlib
 import ctypes
+import math
 import platform
+from typing import Any
 
 import torch
 
@@ -40,3 +42,18 @@ def autocast(precision: str, device: torch.device, weights_change: bool = False
     if precision == "bf16":
         return torch.autocast(device.type, dtype=torch.bfloat16, cache_enabled=not weights_change)
     return contextlib.nullcontext()
+
+
+class TrainingDiverged(RuntimeError):
+    """Training produced a non-finite number; the message is one line naming what and where."""
+
+
+def first_non_finite(values: dict[str, Any]) -> str | None:
+    """The first key whose value (a number or tensor) is NaN or infinite, else None."""
+    for key, value in values.items():
+        if isinstance(value, torch.Tensor):
+            if value.is_floating_point() and not torch.isfinite(value).all():
+                return key
+        elif isinstance(value, float) and not math.isfinite(value):
+            return key
+    return None

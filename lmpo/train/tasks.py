@@ -131,11 +131,11 @@ class ControlTask:
         self.collector.device = self.device
 
 
-def make_task(cfg: Config, run_dir: Path, device: torch.device) -> Task:
-    """The task for ``cfg.env.id``."""
+def make_task(cfg: Config, run_dir: Path, device: torch.device, writer: bool = True) -> Task:
+    """The task for ``cfg.env.id``; a reader's (``writer=False``) writes nothing into ``run_dir``."""
     if cfg.is_text:
         from lmpo.train.text_task import TextTask
 
-        return TextTask(cfg, run_dir, device)
+        return TextTask(cfg, run_dir, device, writer)
     return ControlTask(cfg, device)
 

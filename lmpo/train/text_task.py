@@ -22,12 +22,14 @@ from lmpo.data import Dialogue, add_chat_tokens, encode_dialogue, load_tokenizer
 from lmpo.data.corpus import Turn
 from lmpo.envs.text import Example, TextEnvironment, text_env
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
-from lmpo.policies.base import load_weights, save_weights
+from lmpo.policies.base import save_weights
 from lmpo.rewards.registry import WeightedReward
+from lmpo.train.checkpoint import load_weights_checked
 from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
 from lmpo.train.text import ConversationCollector, ConversationStats, Played
 
 HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
+PRETRAIN_DIR = "pretrain"  # pre-training's own checkpoint, inside the run directory
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -48,13 +50,14 @@ def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
 
 
 class TextTask:
-    """A text environment with a language-model policy."""
+    """A text environment with a language-model policy. A reader's task (``writer=False``: ``lmpo.load``, eval,
+    chat) writes nothing into the run directory and needs the run's tokenizer there."""
 
-    def __init__(self, cfg: Config, run_dir: Path, device: torch.device) -> None:
+    def __init__(self, cfg: Config, run_dir: Path, device: torch.device, writer: bool = True) -> None:
         assert cfg.text is not None
         family = text_env(cfg.env.id)
         assert family is not None, cfg.env.id
-        self.cfg, self.t, self.run_dir, self.device = cfg, cfg.text, run_dir, device
+        self.cfg, self.t, self.run_dir, self.device, self.writer = cfg, cfg.text, run_dir, device, writer
         self.env: TextEnvironment = family(family.Settings(**cfg.env.kwargs), cfg.seed, run_dir)
         self.tokenizer = self._tokenizer()
         self.rewards = WeightedReward.from_specs(self._reward_specs())
@@ -76,7 +79,7 @@ class TextTask:
             if not sep or not path.endswith(".py"):
                 continue
             copy = saved / f"{i}-{Path(path).name}"  # numbered: two files may share a name
-            if Path(path).is_file():
+            if Path(path).is_file() and self.writer:
                 saved.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy)
             elif copy.is_file():
@@ -88,7 +91,12 @@ class TextTask:
         or one trained here on the environment's texts."""
         saved = self.run_dir / "tokenizer"
         if saved.is_dir():
-            return load_tokenizer(saved)
+            try:
+                return load_tokenizer(saved)
+            except (OSError, ValueError) as e:  # tokenizers' own errors are Exceptions: one line all the same
+                raise ConfigError(f"{saved} is damaged ({str(e).splitlines()[0]})") from None
+        if not self.writer or (self.run_dir / "reference.safetensors").is_file():
+            raise ConfigError(f"{saved} is missing: the run's weights need the tokenizer they were trained with")
         if self.t.tokenizer:
             try:
                 tok = load_tokenizer(self.t.tokenizer)
@@ -157,20 +165,24 @@ class TextTask:
                                      self.t.max_prompt_tokens, seed=seed)
 
     def prepare(self, policy: LMPolicy, resumed: bool) -> dict[str, float]:
-        """Pre-train (once per run; a resumed run reloads the saved reference) and freeze the reference."""
+        """Pre-train (once per run, resumable; a run resumed from an RL checkpoint, or read, reloads the saved
+        reference) and freeze the reference."""
         ref_path = self.run_dir / "reference.safetensors"
         metrics: dict[str, float] = {}
-        if resumed and ref_path.is_file():
+        if resumed or not self.writer:  # the policy comes from a checkpoint: the reference is saved beside it
+            if not ref_path.is_file():
+                raise ConfigError(f"{ref_path} is missing: the run's reference model is not there")
             ref = self.build_policy()  # a throwaway copy: frozen as it is
-            load_weights(ref, ref_path)
+            load_weights_checked(ref, ref_path)
         else:
             self.env.save(self.run_dir)
             pt = self.t.pretrain
-            if pt.epochs:
+            if pt.epochs:  # resumable: a run killed while pre-training continues where it was
                 metrics = pretrain(policy, self._encoded(self.env.pretraining("train")),
                                    self._encoded(self.env.pretraining("heldout")),
                                    PretrainConfig(pt.epochs, pt.lr, pt.batch_size, pt.max_len, seed=self.cfg.seed),
-                                   progress=self.cfg.train.progress)
+                                   progress=self.cfg.train.progress, checkpoint_dir=self.run_dir / PRETRAIN_DIR,
+                                   save_every_s=pt.checkpoint_every_s)
             save_weights(policy, ref_path)
             ref = copy.deepcopy(policy)
         ref.eval()

@@ -13,13 +13,17 @@ import torch
 import yaml
 
 from lmpo.algorithms import make_algorithm
-from lmpo.config import Config, ConfigError, apply_overrides, build_config
-from lmpo.core import estimate_advantages, explained_variance
-from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
+from lmpo.config import Config, ConfigError, load_config
+from lmpo.core import Rollout, estimate_advantages, explained_variance
+from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, remove_temporary, save_checkpoint
 from lmpo.train.logging import MetricsLogger
 from lmpo.train.progress import PhaseStatus, TrainingProgress
-from lmpo.train.runtime import autocast, tune_allocator
+from lmpo.train.rundir import RunLock, claim_run_dir
+from lmpo.train.runtime import TrainingDiverged, autocast, first_non_finite, tune_allocator
 from lmpo.train.tasks import make_task
+
+# metrics of an update that must be finite: a NaN here means the update has (or is about to) poison the weights
+CHECKED_METRICS = ("losses/", "charts/grad_norm", "charts/approx_kl", "trpo/kl")
 
 
 def resolve_device(name: str) -> torch.device:
@@ -54,16 +58,15 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     path = run_dir / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run_dir}")
-    return build_config(apply_overrides(yaml.safe_load(path.read_text()), overrides or []))
-
-
-def fresh_run_dir(cfg: Config) -> Path:
-    """``runs/<name>``, or ``runs/<name>-N`` when that already holds a run: nothing is overwritten."""
-    base = Path(cfg.train.runs_dir) / cfg.name
-    path, n = base, 1
-    while (path / "config.yaml").exists():
-        path, n = base.with_name(f"{base.name}-{n}"), n + 1
-    return path
+    try:
+        cfg = load_config(path, overrides)
+        was = load_config(path).algo.name if overrides else cfg.algo.name
+        if cfg.algo.name != was:
+            raise ConfigError(f"algo.name cannot change when a run resumes (its optimiser state is {was}'s); "
+                              "start a new run")
+    except ConfigError as e:
+        raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    return cfg
 
 
 class Trainer:
@@ -71,8 +74,20 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir if run_dir is not None else fresh_run_dir(cfg)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.run_dir = run_dir if run_dir is not None else claim_run_dir(cfg)
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise ConfigError(f"cannot create the run directory {self.run_dir}: {e.strerror}") from None
+        self._lock = RunLock(self.run_dir)  # the one writer; released by close() or when the process ends
+        try:
+            self._start(cfg, resume)
+        except BaseException:
+            self.close()
+            raise
+
+    def _start(self, cfg: Config, resume: bool) -> None:
+        remove_temporary(self.ckpt_dir)  # a crashed save's leftovers: ours to remove, as the writer
         if cfg.train.threads is not None:
             torch.set_num_threads(cfg.train.threads)
         self.device = resolve_device(cfg.train.device)
@@ -83,8 +98,16 @@ class Trainer:
         np.random.seed(cfg.seed)
         random.seed(cfg.seed)
         self.task = make_task(cfg, self.run_dir, self.device)
-        self.policy: Any = self.task.build_policy().to(self.device)
+        try:
+            self.policy: Any = self.task.build_policy().to(self.device)
+        except (MemoryError, RuntimeError) as e:  # the CPU allocator's failure is a RuntimeError
+            if isinstance(e, RuntimeError) and "alloc" not in str(e):
+                raise
+            raise ConfigError(f"policy: the network of policy.* does not fit in memory ({str(e).splitlines()[0]})"
+                              ) from None
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
+        if not resume and any(self.ckpt_dir.glob("iter_*")):
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with lmpo train --resume")
         if ckpt is None:
             save_config(cfg, self.run_dir)
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
@@ -101,7 +124,9 @@ class Trainer:
         if state is not None:
             self._restore(state)
             save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
-        self.logger = MetricsLogger(self.run_dir, self.iteration if resume else None, self.task.steps)
+        # a resume keeps the records up to its checkpoint (none: before the first one, pre-training's included)
+        kept = None if not resume else self.iteration if state is not None else -1
+        self.logger = MetricsLogger(self.run_dir, kept, self.task.steps)
 
     @property
     def elapsed(self) -> float:
@@ -119,8 +144,21 @@ class Trainer:
 
     # ------------------------------------------------------------------------------------------ loop
     def train(self) -> dict[str, Any]:
-        """Run until ``train.total_steps`` environment steps; returns the final summary."""
-        cfg, total = self.cfg, self.cfg.train.total_steps
+        """Run until ``train.total_steps`` environment steps; returns the final summary. The run directory is
+        released when it returns or fails."""
+        try:
+            return self._train()
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        """Close the logs and give up the run directory (another process may then resume it)."""
+        if hasattr(self, "logger"):
+            self.logger.close()
+        self._lock.release()
+
+    def _train(self) -> dict[str, Any]:
+        cfg, total, start = self.cfg, self.cfg.train.total_steps, self.iteration
         self._clock, self._eval_time = time.perf_counter(), 0.0
         before: dict[str, float] = {}
         if self.iteration == 0:  # a fresh run: where training starts from (after pre-training, for text)
@@ -136,11 +174,13 @@ class Trainer:
                 self.policy.eval()
                 with self.autocast():
                     rollout, stats = self.task.collect(self.policy)
+                self._check_rollout(rollout, stats, "reward")
                 t1 = time.perf_counter()
                 # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
                 adv = cfg.algo.advantage
                 rollout = estimate_advantages(rollout, adv.estimator, adv.gamma, adv.gae_lambda, adv.baseline,
                                               adv.whiten)
+                self._check_rollout(rollout, {}, "advantage")
                 ev = float("nan")
                 if rollout.values is not None and rollout.returns is not None:
                     ev = explained_variance(rollout.values, rollout.returns, rollout.mask)
@@ -151,6 +191,7 @@ class Trainer:
                 with self.autocast(weights_change=True):
                     metrics = self.algo.update(self.policy, rollout, progress)
                 self.task.after_update(self.policy, rollout)
+                self._check_update(metrics)  # before any checkpoint: a non-finite one is never written
                 self.iteration += 1
                 dt = time.perf_counter() - t0
                 # step 6. log / evaluate / checkpoint
@@ -164,10 +205,36 @@ class Trainer:
             self.save()
         self.task.finish(self.policy)
         final = self.evaluate()
-        self.logger.log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
-        self.logger.close()
+        if not (self.logger.finished and self.iteration == start):  # a finished run resumed: recorded already
+            self.logger.log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
                 "before": before, **final}
+
+    def _diverged(self, what: str) -> TrainingDiverged:
+        saved = latest_checkpoint(self.ckpt_dir)
+        kept = f"{saved.name} (latest) is the last finite checkpoint" if saved else "before the first checkpoint"
+        return TrainingDiverged(f"iteration {self.iteration + 1}: {what} is not finite (NaN or inf); training "
+                                f"stopped, {kept}")
+
+    def _check_rollout(self, rollout: Rollout, stats: dict[str, float], stage: str) -> None:
+        """Stop at a non-finite reward (naming the reward component, for text) or advantage."""
+        values = rollout.rewards if stage == "reward" else rollout.advantages
+        assert values is not None
+        if torch.isfinite(values[rollout.mask > 0]).all():
+            return
+        component = first_non_finite({k: v for k, v in stats.items() if k.startswith("rewards/")})
+        if stage == "reward":
+            raise self._diverged(f"the reward ({component})" if component else f"the reward of {self.cfg.env.id}")
+        raise self._diverged("the advantage")
+
+    def _check_update(self, metrics: dict[str, Any]) -> None:
+        """Stop at a non-finite loss, gradient norm or KL of the update, or a non-finite parameter or buffer."""
+        key = first_non_finite({k: v for k, v in metrics.items() if k.startswith(CHECKED_METRICS)})
+        if key is not None:
+            raise self._diverged(key)
+        key = first_non_finite(dict(self.policy.state_dict()))
+        if key is not None:
+            raise self._diverged(f"parameter {key} after the update")
 
     def _record(self, metrics: dict[str, float], steps: int, dt: float, t_collect: float,
                 ev: float) -> dict[str, Any]:
