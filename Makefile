@@ -44,4 +44,4 @@ bench-rl: $(STAMP) $(TRL_VENV)/.installed
 	$(PY) bench/rl.py --trl-python $(TRL_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis

@@ -43,6 +43,10 @@ class RewardError(ValueError):
         self.user = user
 
 
+class NonFiniteReward(RewardError):
+    """A reward function returned NaN or an infinity: a user's function's bug, or a run that diverged."""
+
+
 def register_reward(name: str) -> Callable[[F], F]:
     """Register a reward function under ``name``, so configs can name it."""
     if ":" in name:
@@ -205,14 +209,12 @@ def _score(
     if len(out) != n:
         raise RewardError(f"reward {c.name!r} returned {len(out)} scores for {n} completions", c.user)
     for i, value in enumerate(out):
-        if not isinstance(value, numbers.Real):
-            bad = f"{_short(value)} ({type(value).__name__}, not a number)"
-        elif not math.isfinite(value):
-            bad = repr(float(value))
-        else:
-            continue
         where = f"prompt {_short(prompts[i])} completion {_short(completions[i])}"
-        raise RewardError(f"reward {c.name!r} returned {bad} for completion {i}: {where}", c.user)
+        if not isinstance(value, numbers.Real):
+            raise RewardError(f"reward {c.name!r} returned {_short(value)} ({type(value).__name__}, not a number) "
+                              f"for completion {i}: {where}", c.user)
+        if not math.isfinite(value):
+            raise NonFiniteReward(f"reward {c.name!r} returned {float(value)!r} for completion {i}: {where}", c.user)
     return [float(v) for v in out]
 
 

@@ -15,6 +15,7 @@ import yaml
 from lmpo.algorithms import make_algorithm
 from lmpo.config import Config, ConfigError, load_config
 from lmpo.core import Rollout, estimate_advantages, explained_variance
+from lmpo.rewards.registry import NonFiniteReward, RewardError
 from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, remove_temporary, save_checkpoint
 from lmpo.train.logging import MetricsLogger
 from lmpo.train.progress import PhaseStatus, TrainingProgress
@@ -172,9 +173,7 @@ class Trainer:
                 # steps 1-3. collect -> reward -> shape: the environments' own rewards (control); for text,
                 # ConversationCollector.collect's generate -> score (the reward functions) -> shape (KL penalty)
                 self.policy.eval()
-                with self.autocast():
-                    rollout, stats = self.task.collect(self.policy)
-                self._check_rollout(rollout, stats, "reward")
+                rollout, stats = self._collect()
                 t1 = time.perf_counter()
                 # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
                 adv = cfg.algo.advantage
@@ -215,6 +214,20 @@ class Trainer:
         kept = f"{saved.name} (latest) is the last finite checkpoint" if saved else "before the first checkpoint"
         return TrainingDiverged(f"iteration {self.iteration + 1}: {what} is not finite (NaN or inf); training "
                                 f"stopped, {kept}")
+
+    def _collect(self) -> tuple[Rollout, dict[str, float]]:
+        """The task's rollout, its rewards checked. A reward function that returns a non-finite number stops the
+        run with the iteration named: a user's function's as the user's error (exit 2), a built-in one's as a run
+        that diverged (exit 1)."""
+        try:
+            with self.autocast():
+                rollout, stats = self.task.collect(self.policy)
+        except NonFiniteReward as e:
+            if e.user:
+                raise RewardError(f"iteration {self.iteration + 1}: {e}", user=True) from None
+            raise self._diverged(f"the reward ({e})") from None
+        self._check_rollout(rollout, stats, "reward")
+        return rollout, stats
 
     def _check_rollout(self, rollout: Rollout, stats: dict[str, float], stage: str) -> None:
         """Stop at a non-finite reward (naming the reward component, for text) or advantage."""

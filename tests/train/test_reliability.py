@@ -17,6 +17,7 @@ from safetensors.torch import load_file, save_file
 import lmpo
 from lmpo.cli import main
 from lmpo.config import ConfigError, load_config
+from lmpo.rewards import register_reward
 from lmpo.train import pretrain
 from lmpo.train.checkpoint import latest_checkpoint
 from lmpo.train.logging import read_metrics
@@ -225,3 +226,30 @@ def test_a_run_killed_while_pre_training_resumes_it_bit_exact(tmp_path: Path, mo
     records = read_metrics(tmp_path / "killed")
     assert sum("pretrain/loss" in r for r in records) == 1 and records[0]["iteration"] == 0
     assert records[0]["pretrain/loss"] == read_metrics(tmp_path / "straight")[0]["pretrain/loss"]
+
+
+BROKEN = {"on": False}
+
+
+@register_reward("test_reliability_brevity")
+def _brevity(prompts: list[str], completions: list[str], **fields: object) -> list[float]:
+    """A registered reward that a switch breaks (NaN): a reward inside lmpo going wrong, not a user's file."""
+    return [float("nan") if BROKEN["on"] else -0.01 * len(c.split()) for c in completions]
+
+
+def test_a_registered_reward_returning_nan_stops_the_run_naming_it(tmp_path: Path,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    rewards = "text.rewards=[{name: satisfaction}, {name: test_reliability_brevity, weight: 0.5}]"
+    assert main(["train", "chatbot", *TINY_TEXT[:-2], f"train.runs_dir={tmp_path}", "name=b", rewards]) == 0
+    run = tmp_path / "b"
+    saved = (run / "checkpoints" / "latest").read_text()
+    BROKEN["on"] = True
+    try:
+        capsys.readouterr()
+        assert main(["train", "--resume", str(run), "train.total_steps=1000"]) == 1
+    finally:
+        BROKEN["on"] = False
+    line = _one_error_line(capsys.readouterr().err)
+    assert "the reward (reward 'test_reliability_brevity' returned nan for completion 0" in line, line
+    assert line.startswith(f"lmpo: error: iteration {int(saved.removeprefix('iter_')) + 1}:"), line
+    assert (run / "checkpoints" / "latest").read_text() == saved

@@ -16,6 +16,7 @@ from safetensors.torch import load_file
 from lmpo.config import load_config
 from lmpo.train import Trainer, read_run_config
 from lmpo.train.checkpoint import latest_checkpoint
+from lmpo.train.logging import read_metrics
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 # 30 PPO updates of 8 envs x 32 steps, a checkpoint every 2 updates
@@ -125,8 +126,10 @@ def test_resuming_a_finished_run_changes_nothing(tmp_path: Path) -> None:
     first = Trainer(load_config(CONFIGS / "cartpole-ppo.yaml", over))
     first.train()
     ckpts = sorted(p.name for p in (first.run_dir / "checkpoints").iterdir())
+    finals = sum(bool(r.get("final")) for r in read_metrics(first.run_dir))
     again = Trainer(read_run_config(first.run_dir), run_dir=first.run_dir, resume=True)
     summary = again.train()
+    assert sum(bool(r.get("final")) for r in read_metrics(first.run_dir)) == finals == 1  # recorded once
     assert summary["iterations"] == first.iteration
     assert sorted(p.name for p in (first.run_dir / "checkpoints").iterdir()) == ckpts
     assert not list(first.run_dir.glob("config-until-*"))  # no overrides: the record is unchanged
