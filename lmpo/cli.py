@@ -120,14 +120,16 @@ def _user_errors() -> tuple[type[Exception], ...]:
 
 def _start(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
     """The trainer of a fresh run in its newly claimed directory, or of a resumed one. A fresh start that fails on
-    the user's mistake removes its directory: nothing is left that looks like a run."""
+    the user's mistake before it has anything to resume from removes its directory: nothing is left that looks
+    like a run; pre-training's checkpoint (a disk that filled up an hour in) is kept for ``--resume``."""
+    from lmpo.train.text_task import PRETRAIN_DIR
     from lmpo.train.trainer import Trainer
 
     failures: tuple[type[Exception], ...] = (*_user_errors(), OSError)
     try:
         return Trainer(cfg, run_dir=run_dir, resume=resume)
     except failures:
-        if not resume:
+        if not resume and not (run_dir / PRETRAIN_DIR).exists() and not (run_dir / "checkpoints").exists():
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -408,8 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         if e.errno not in USER_OS_ERRORS:
             raise
         where = f"{e.filename}: " if e.filename else ""
-        print(f"lmpo: error: {where}{e.strerror} (a checkpoint is written whole or not at all: the last one is "
-              "intact)", file=sys.stderr)
+        print(f"lmpo: error: {where}{e.strerror}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt:
         resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""

@@ -6,7 +6,8 @@ The chat format (one documented layout used everywhere: pre-training, generation
 
 Every turn is its role token, its text, then ``<eos>``; a reply is generated after ``<|assistant|>`` and
 ends at ``<eos>``. The same layout is stored as the tokenizer's Jinja ``chat_template``, so
-``tokenizer.apply_chat_template(messages)`` produces exactly these ids. ``<bos>``, ``<eos>`` and
+``tokenizer.apply_chat_template(messages)`` produces these ids for text without control tokens in it (lmpo
+encodes ``<eos>`` typed in a turn as characters, never as the control token). ``<bos>``, ``<eos>`` and
 ``<pad>`` stand for the tokenizer's own bos, eos and pad tokens: a pretrained model's tokenizer keeps
 its own (GPT-2's ``<|endoftext|>``) and gains only what it lacks (``add_chat_tokens``).
 """

@@ -29,11 +29,14 @@ def control_env_problem(env_id: str, kwargs: dict[str, Any]) -> str | None:
     environment is made and closed, so that a setting it does not take fails before a run starts."""
     try:
         env = gym.make(env_id, **kwargs)
+        try:
+            env.reset(seed=0)  # what a setting breaks may show only here (render_mode='human' without pygame)
+            obs, act = env.observation_space, env.action_space
+        finally:
+            env.close()
     except (TypeError, ValueError, AssertionError, gym.error.Error) as e:
         why = " ".join(str(e).split()).split(" was raised from the environment creator")[0] or type(e).__name__
         return f"env.kwargs: {env_id} cannot be made with {kwargs} ({why})"
-    obs, act = env.observation_space, env.action_space
-    env.close()
     if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:
         return f"env.id: {env_id} observes {obs}; the mlp policy needs a flat Box of numbers"
     if not isinstance(act, gym.spaces.Discrete) and not (isinstance(act, gym.spaces.Box) and len(act.shape) == 1):

@@ -94,7 +94,12 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dic
 
 
 def remove_temporary(ckpt_dir: Path) -> None:
-    """Remove leftovers of interrupted writes: for the run's writer only (a reader would kill a live save)."""
+    """Remove leftovers of interrupted writes: for the run's writer only (a reader would kill a live save). A
+    checkpoint moved aside to be replaced (``.tmp-stale-*``) whose replacement never landed is put back."""
+    for stale in ckpt_dir.glob(".tmp-stale-*"):
+        final = ckpt_dir / stale.name.removeprefix(".tmp-stale-")
+        if not final.exists():
+            os.rename(stale, final)
     for tmp in ckpt_dir.glob(".tmp-*"):
         shutil.rmtree(tmp, ignore_errors=True)
 
@@ -159,12 +164,19 @@ def read_latest(ckpt_dir: Path, model: nn.Module) -> tuple[Path, dict[str, Any]]
     writer's rotation removes the checkpoint between finding and reading it, find the new one and retry."""
     attempt = 0
     while True:
-        path = None
+        attempt, path = attempt + 1, None
         try:
             path = latest_checkpoint(ckpt_dir)
             return None if path is None else (path, load_checkpoint(path, model))
         except (FileNotFoundError, ConfigError):
-            attempt += 1
-            if attempt == READ_RETRIES or path is not None and _complete(path) and path == latest_checkpoint(ckpt_dir):
+            if attempt == READ_RETRIES or path is not None and _complete(path) and _names(ckpt_dir, path):
                 raise  # not rotation: the checkpoint is still there, and still the latest
-            time.sleep(0.05)
+            time.sleep(0.05 * attempt)
+
+
+def _names(ckpt_dir: Path, path: Path) -> bool:
+    """Whether ``latest`` (still) names ``path``."""
+    try:
+        return (ckpt_dir / "latest").read_text().strip() == path.name
+    except OSError:
+        return False

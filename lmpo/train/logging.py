@@ -13,6 +13,7 @@ from tensorboard.compat.proto.summary_pb2 import Summary
 from tensorboard.summary.writer.event_file_writer import EventFileWriter
 
 from lmpo.config import ConfigError
+from lmpo.train.checkpoint import write_atomic
 
 
 class MetricsLogger:
@@ -40,7 +41,7 @@ class MetricsLogger:
             return
         kept = [r for r in read_metrics(self.path.parent) if r.get("iteration", 0) <= iteration]
         self.finished = bool(kept) and bool(kept[-1].get("final"))
-        self.path.write_text("".join(json.dumps(r) + "\n" for r in kept))
+        write_atomic(self.path, "".join(json.dumps(r) + "\n" for r in kept).encode())  # a kill keeps the history
 
     def log(self, step: int, record: dict[str, Any]) -> None:
         """Write one record at environment step ``step``."""
@@ -55,8 +56,10 @@ class MetricsLogger:
         """Flush and close both sinks (again: nothing)."""
         if self.file.closed:
             return
-        self.file.close()
-        self.tb.close()
+        try:
+            self.file.close()
+        finally:
+            self.tb.close()
 
 
 def read_metrics(run_dir: Path) -> list[dict[str, Any]]:

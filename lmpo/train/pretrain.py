@@ -128,9 +128,16 @@ METRICS_FILE = "metrics.json"
 _RESTART = "delete it to restart pre-training"
 
 
-def pretrain_done(checkpoint_dir: Path) -> bool:
-    """Whether the pre-training saving into ``checkpoint_dir`` finished: ``pretrain`` would only reload its result."""
-    return (checkpoint_dir / STATE_FILE).is_file() and (checkpoint_dir / METRICS_FILE).is_file()
+def finished_metrics(checkpoint_dir: Path) -> dict[str, float] | None:
+    """The metrics of the pre-training that saved into ``checkpoint_dir`` once it finished (None until then): what
+    ``pretrain`` returned, for a run that resumes after it."""
+    path = checkpoint_dir / METRICS_FILE
+    if not ((checkpoint_dir / STATE_FILE).is_file() and path.is_file()):
+        return None
+    try:
+        return {k: float(v) for k, v in json.loads(path.read_text()).items()}
+    except Exception as e:
+        raise ConfigError(f"{path} is damaged ({_first_line(e)}); {_RESTART}") from None
 
 
 def _first_line(e: BaseException) -> str:
@@ -163,10 +170,6 @@ class _Saver:
     def exists(self) -> bool:
         """Whether a state was saved."""
         return (self.dir / STATE_FILE).is_file()
-
-    def done(self) -> bool:
-        """Whether the saved state is a finished pre-training's."""
-        return pretrain_done(self.dir)
 
     def due(self, every_s: float) -> bool:
         """Whether ``every_s`` seconds have passed since the last save."""
@@ -218,14 +221,6 @@ class _Saver:
         """Mark the run finished by saving its metrics (after its last state)."""
         write_atomic(self.dir / METRICS_FILE, json.dumps(metrics).encode())
 
-    def metrics(self) -> dict[str, float]:
-        """The metrics saved by ``finish``."""
-        path = self.dir / METRICS_FILE
-        try:
-            return {k: float(v) for k, v in json.loads(path.read_text()).items()}
-        except Exception as e:
-            raise ConfigError(f"{path} is damaged ({_first_line(e)}); {_RESTART}") from None
-
 
 def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequence[EncodedDialogue],
              cfg: PretrainConfig, progress: bool = True, checkpoint_dir: Path | None = None,
@@ -251,8 +246,9 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
     saver = None if checkpoint_dir is None else _Saver(checkpoint_dir, cfg, len(examples))
     fresh = _Position(0, 0, {}, 0.0)  # its epoch_rng is never saved: a save follows a step
     at = saver.restore(policy, opt, sched, rng) if saver and saver.exists() else fresh
-    if saver and saver.done():
-        return saver.metrics()
+    done = finished_metrics(checkpoint_dir) if checkpoint_dir is not None else None
+    if done is not None:
+        return done
     start = at
     with TrainingProgress(cfg.epochs * steps_per_epoch, at.epoch * steps_per_epoch + at.step, enabled=progress,
                           label="pretrain") as bar:

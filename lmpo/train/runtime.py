@@ -49,11 +49,16 @@ class TrainingDiverged(RuntimeError):
 
 
 def first_non_finite(values: dict[str, Any]) -> str | None:
-    """The first key whose value (a number or tensor) is NaN or infinite, else None."""
+    """The first key whose value (a number or tensor) is NaN or infinite, else None. Tensors are checked together,
+    one host synchronisation per device, not one per tensor."""
+    by_device: dict[torch.device, list[tuple[str, torch.Tensor]]] = {}
     for key, value in values.items():
-        if isinstance(value, torch.Tensor):
-            if value.is_floating_point() and not torch.isfinite(value).all():
-                return key
+        if isinstance(value, torch.Tensor) and value.is_floating_point():
+            by_device.setdefault(value.device, []).append((key, value))
         elif isinstance(value, float) and not math.isfinite(value):
             return key
+    for tensors in by_device.values():
+        finite = torch.stack([torch.isfinite(t).all() for _, t in tensors])
+        if not bool(finite.all()):
+            return tensors[int((~finite).nonzero()[0, 0])][0]
     return None

@@ -25,7 +25,7 @@ from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import save_weights
 from lmpo.rewards.registry import WeightedReward
 from lmpo.train.checkpoint import load_weights_checked
-from lmpo.train.pretrain import PretrainConfig, perplexity, pretrain
+from lmpo.train.pretrain import PretrainConfig, finished_metrics, perplexity, pretrain
 from lmpo.train.text import ConversationCollector, ConversationStats, Played
 
 HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
@@ -174,6 +174,7 @@ class TextTask:
                 raise ConfigError(f"{ref_path} is missing: the run's reference model is not there")
             ref = self.build_policy()  # a throwaway copy: frozen as it is
             load_weights_checked(ref, ref_path)
+            metrics = finished_metrics(self.run_dir / PRETRAIN_DIR) or {}  # `lmpo pretrain`, then `train --resume`
         else:
             self.env.save(self.run_dir)
             pt = self.t.pretrain

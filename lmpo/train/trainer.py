@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import random
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +17,13 @@ from lmpo.algorithms import make_algorithm
 from lmpo.config import Config, ConfigError, load_config
 from lmpo.core import Rollout, estimate_advantages, explained_variance
 from lmpo.rewards.registry import NonFiniteReward, RewardError
-from lmpo.train.checkpoint import latest_checkpoint, load_checkpoint, remove_temporary, save_checkpoint
+from lmpo.train.checkpoint import (
+    latest_checkpoint,
+    load_checkpoint,
+    remove_temporary,
+    save_checkpoint,
+    write_atomic,
+)
 from lmpo.train.logging import MetricsLogger
 from lmpo.train.progress import PhaseStatus, TrainingProgress
 from lmpo.train.rundir import RunLock, claim_run_dir
@@ -50,8 +57,8 @@ def save_config(cfg: Config, run_dir: Path, iteration: int = 0) -> None:
     if before == text:
         return
     if before is not None:
-        (run_dir / f"config-until-iter{iteration}.yaml").write_text(before)
-    path.write_text(text)
+        write_atomic(run_dir / f"config-until-iter{iteration}.yaml", before.encode())
+    write_atomic(path, text.encode())  # a kill mid-write never leaves a run without its config
 
 
 def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config:
@@ -60,13 +67,13 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     if not path.is_file():
         raise ConfigError(f"not a run directory (no config.yaml): {run_dir}")
     try:
-        cfg = load_config(path, overrides)
-        was = load_config(path).algo.name if overrides else cfg.algo.name
-        if cfg.algo.name != was:
-            raise ConfigError(f"algo.name cannot change when a run resumes (its optimiser state is {was}'s); "
-                              "start a new run")
+        saved = load_config(path)
     except ConfigError as e:
         raise ConfigError(str(e) if str(e).startswith(str(path)) else f"{path}: {e}") from None
+    cfg = load_config(path, overrides) if overrides else saved  # an override's mistake is the override's
+    if cfg.algo.name != saved.algo.name:
+        raise ConfigError(f"algo.name cannot change when a run resumes (its optimiser state is {saved.algo.name}'s); "
+                          "start a new run")
     return cfg
 
 
@@ -109,12 +116,14 @@ class Trainer:
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
         if not resume and any(self.ckpt_dir.glob("iter_*")):
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with lmpo train --resume")
-        if ckpt is None:
-            save_config(cfg, self.run_dir)
+        if not resume:
+            save_config(cfg, self.run_dir)  # first: a run killed while pre-training can be resumed
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
         # before RL: pre-training and the frozen reference for text (a resumed run reloads them)
         with self.autocast(weights_change=True):
             self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
+        if resume and state is None:  # resumed before its first checkpoint: record overrides pre-training took
+            save_config(cfg, self.run_dir)
         self.algo = make_algorithm(cfg.algo, self.policy)
         self.iteration, self.next_eval = 0, cfg.train.eval_every
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
@@ -125,8 +134,11 @@ class Trainer:
         if state is not None:
             self._restore(state)
             save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
-        # a resume keeps the records up to its checkpoint (none: before the first one, pre-training's included)
-        kept = None if not resume else self.iteration if state is not None else -1
+        # a resume keeps the records up to its checkpoint; before the first update none (iteration 0, evaluation
+        # and pre-training's metrics, is recorded again)
+        kept = None
+        if resume:
+            kept = self.iteration if self.iteration > 0 else -1
         self.logger = MetricsLogger(self.run_dir, kept, self.task.steps)
 
     @property
@@ -154,9 +166,11 @@ class Trainer:
 
     def close(self) -> None:
         """Close the logs and give up the run directory (another process may then resume it)."""
-        if hasattr(self, "logger"):
-            self.logger.close()
-        self._lock.release()
+        try:
+            if hasattr(self, "logger"):
+                self.logger.close()
+        finally:
+            self._lock.release()
 
     def _train(self) -> dict[str, Any]:
         cfg, total, start = self.cfg, self.cfg.train.total_steps, self.iteration
@@ -179,7 +193,7 @@ class Trainer:
                 adv = cfg.algo.advantage
                 rollout = estimate_advantages(rollout, adv.estimator, adv.gamma, adv.gae_lambda, adv.baseline,
                                               adv.whiten)
-                self._check_rollout(rollout, {}, "advantage")
+                self._check_advantages(rollout)
                 ev = float("nan")
                 if rollout.values is not None and rollout.returns is not None:
                     ev = explained_variance(rollout.values, rollout.returns, rollout.mask)
@@ -209,36 +223,41 @@ class Trainer:
         return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
                 "before": before, **final}
 
-    def _diverged(self, what: str) -> TrainingDiverged:
+    def _diverged(self, what: str, where: str = "") -> TrainingDiverged:
         saved = latest_checkpoint(self.ckpt_dir)
         kept = f"{saved.name} (latest) is the last finite checkpoint" if saved else "before the first checkpoint"
-        return TrainingDiverged(f"iteration {self.iteration + 1}: {what} is not finite (NaN or inf); training "
-                                f"stopped, {kept}")
+        return TrainingDiverged(f"{where or f'iteration {self.iteration + 1}'}: {what} is not finite (NaN or inf); "
+                                f"training stopped, {kept}")
 
-    def _collect(self) -> tuple[Rollout, dict[str, float]]:
-        """The task's rollout, its rewards checked. A reward function that returns a non-finite number stops the
-        run with the iteration named: a user's function's as the user's error (exit 2), a built-in one's as a run
-        that diverged (exit 1)."""
+    @contextlib.contextmanager
+    def _finite_rewards(self, where: str) -> Iterator[None]:
+        """A reward function that returns a non-finite number stops the run, naming ``where``: a user's function's
+        as the user's error (exit 2), a built-in one's as a run that diverged (exit 1)."""
         try:
-            with self.autocast():
-                rollout, stats = self.task.collect(self.policy)
+            yield
         except NonFiniteReward as e:
             if e.user:
-                raise RewardError(f"iteration {self.iteration + 1}: {e}", user=True) from None
-            raise self._diverged(f"the reward ({e})") from None
-        self._check_rollout(rollout, stats, "reward")
+                raise RewardError(f"{where}: {e}", user=True) from None
+            raise self._diverged(f"the reward ({e})", where) from None
+
+    def _collect(self) -> tuple[Rollout, dict[str, float]]:
+        """The task's rollout, its rewards checked."""
+        with self._finite_rewards(f"iteration {self.iteration + 1}"), self.autocast():
+            rollout, stats = self.task.collect(self.policy)
+        self._check_rewards(rollout, stats)
         return rollout, stats
 
-    def _check_rollout(self, rollout: Rollout, stats: dict[str, float], stage: str) -> None:
-        """Stop at a non-finite reward (naming the reward component, for text) or advantage."""
-        values = rollout.rewards if stage == "reward" else rollout.advantages
-        assert values is not None
-        if torch.isfinite(values[rollout.mask > 0]).all():
-            return
-        component = first_non_finite({k: v for k, v in stats.items() if k.startswith("rewards/")})
-        if stage == "reward":
+    def _check_rewards(self, rollout: Rollout, stats: dict[str, float]) -> None:
+        """Stop at a non-finite reward, naming the reward component (text) or the environment (control)."""
+        if not torch.isfinite(rollout.rewards[rollout.mask > 0]).all():
+            component = first_non_finite({k: v for k, v in stats.items() if k.startswith("rewards/")})
             raise self._diverged(f"the reward ({component})" if component else f"the reward of {self.cfg.env.id}")
-        raise self._diverged("the advantage")
+
+    def _check_advantages(self, rollout: Rollout) -> None:
+        """Stop at a non-finite advantage."""
+        assert rollout.advantages is not None
+        if not torch.isfinite(rollout.advantages[rollout.mask > 0]).all():
+            raise self._diverged("the advantage")
 
     def _check_update(self, metrics: dict[str, Any]) -> None:
         """Stop at a non-finite loss, gradient norm or KL of the update, or a non-finite parameter or buffer."""
@@ -267,7 +286,7 @@ class Trainer:
         never changes what it trains (text evaluation samples replies)."""
         self.policy.eval()
         start = time.perf_counter()
-        with torch.random.fork_rng():
+        with torch.random.fork_rng(), self._finite_rewards(f"the evaluation after iteration {self.iteration}"):
             if self._bar is not None:  # a periodic evaluation: said on the training bar (rich 13 refuses a 2nd live)
                 bar, steps = self._bar, self.task.steps
                 out = self.task.evaluate(self.policy, lambda part: bar.update(steps, None, None, f"evaluating: {part}"))

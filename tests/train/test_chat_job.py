@@ -188,6 +188,7 @@ def brevity(prompts, completions, **fields):
     assert main(["train", "--resume", str(run), "train.total_steps=60"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "my_reward.py:brevity" in err and "nan" in err and "completion 0" in err
+    assert err.startswith("lmpo: error: iteration ")  # where in the run it happened
     assert (run / "checkpoints" / "latest").read_text() == saved  # nothing half-written
     broken.unlink()  # fixed
     assert main(["train", "--resume", str(run), "train.total_steps=60"]) == 0

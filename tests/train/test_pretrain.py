@@ -22,9 +22,9 @@ from lmpo.train.pretrain import (
     METRICS_FILE,
     STATE_FILE,
     PretrainConfig,
+    finished_metrics,
     perplexity,
     pretrain,
-    pretrain_done,
     training_windows,
 )
 
@@ -157,7 +157,7 @@ def test_an_interrupted_pretraining_resumes_bit_exact(tmp_path: Path, monkeypatc
             m.setattr(os, "replace", _fail_after(after, os.replace))
         with pytest.raises(Interrupted):
             _run(kind, tmp_path, save_every_s=save_every_s)
-    assert not pretrain_done(tmp_path)
+    assert finished_metrics(tmp_path) is None
     starts = []
 
     class Progress(pretrain_module.TrainingProgress):
@@ -169,13 +169,13 @@ def test_an_interrupted_pretraining_resumes_bit_exact(tmp_path: Path, monkeypatc
     assert starts == [resumed_at]
     _assert_same_weights(resumed, reference)
     assert metrics == expected
-    assert pretrain_done(tmp_path)
+    assert finished_metrics(tmp_path) == expected
 
 
 def test_a_finished_pretraining_is_loaded_not_repeated(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     trained, expected = _run("gru", tmp_path)
     rng_after = torch.get_rng_state()
-    assert pretrain_done(tmp_path)
+    assert finished_metrics(tmp_path) == expected
     monkeypatch.setattr(pretrain_module, "_nll", _fail_after(0, pretrain_module._nll))  # no forward pass at all
     loaded, metrics = _run("gru", tmp_path, seed=1)
     assert metrics == expected

@@ -253,3 +253,78 @@ def test_a_registered_reward_returning_nan_stops_the_run_naming_it(tmp_path: Pat
     assert "the reward (reward 'test_reliability_brevity' returned nan for completion 0" in line, line
     assert line.startswith(f"lmpo: error: iteration {int(saved.removeprefix('iter_')) + 1}:"), line
     assert (run / "checkpoints" / "latest").read_text() == saved
+
+
+def test_a_reader_retries_when_rotation_removes_its_checkpoint(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The writer saves and rotates between a reader finding ``latest`` and reading it: the reader reads the new
+    checkpoint instead of failing."""
+    from lmpo.train import checkpoint
+
+    model, ckpts = torch.nn.Linear(2, 2), tmp_path / "checkpoints"
+    checkpoint.save_checkpoint(ckpts, 1, model, {"i": 1}, keep=1)
+    real, raced = checkpoint.load_weights_checked, []
+
+    def racing(module: torch.nn.Module, weights: Path) -> None:
+        if not raced:
+            raced.append(weights.parent)
+            with torch.no_grad():
+                model.weight.add_(1.0)
+            checkpoint.save_checkpoint(ckpts, 2, model, {"i": 2}, keep=1)  # removes iteration 1
+        real(module, weights)
+
+    monkeypatch.setattr(checkpoint, "load_weights_checked", racing)
+    reader = torch.nn.Linear(2, 2)
+    found = checkpoint.read_latest(ckpts, reader)
+    assert found is not None and raced[0].name == "iter_0000001" and not raced[0].exists()
+    assert found[0].name == "iter_0000002" and found[1] == {"i": 2} and torch.equal(reader.weight, model.weight)
+
+
+def test_the_writer_puts_back_a_checkpoint_a_crash_left_moved_aside(tmp_path: Path) -> None:
+    """Re-saving an iteration moves the old copy aside before the new one lands: a crash in between leaves only the
+    aside copy, which the writer's next start restores (not deletes)."""
+    from lmpo.train.checkpoint import remove_temporary, save_checkpoint
+
+    ckpts = tmp_path / "checkpoints"
+    save_checkpoint(ckpts, 1, torch.nn.Linear(2, 2), {}, keep=2)
+    os.rename(ckpts / "iter_0000001", ckpts / ".tmp-stale-iter_0000001")
+    (ckpts / ".tmp-iter_0000002").mkdir()  # a torn write: removed
+    remove_temporary(ckpts)
+    assert latest_checkpoint(ckpts) == ckpts / "iter_0000001" and not list(ckpts.glob(".tmp-*"))
+
+
+def test_a_full_disk_while_pre_training_keeps_the_run_to_resume(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                                capsys: pytest.CaptureFixture[str]) -> None:
+    """A fresh start that fails after pre-training has saved its state is not a failed start to clean up: the
+    directory stays, and --resume continues once there is room."""
+    real, writes = pretrain.write_atomic, []
+
+    def filling(path: Path, data: bytes) -> None:
+        writes.append(path)
+        if len(writes) == 3:
+            raise OSError(28, "No space left on device", str(path))
+        real(path, data)
+
+    monkeypatch.setattr(pretrain, "write_atomic", filling)
+    assert main(["train", "chatbot", *TINY_TEXT, f"train.runs_dir={tmp_path}", "name=full"]) == 2
+    assert "No space left on device" in _one_error_line(capsys.readouterr().err)
+    assert (tmp_path / "full" / "pretrain" / "state.pt").is_file()
+    monkeypatch.setattr(pretrain, "write_atomic", real)
+    assert main(["train", "--resume", str(tmp_path / "full")]) == 0
+
+
+def test_pretrain_then_resume_records_the_pre_training_metrics_once(text_run: Path, tmp_path: Path) -> None:
+    """``lmpo pretrain`` then ``lmpo train --resume``: the first record holds pre-training's metrics, once, even
+    when that resume is killed before its first update and resumed again."""
+    import json
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(text_run, run)
+    saved = json.loads((run / "pretrain" / "metrics.json").read_text())
+    for _ in range(2):  # the second resume starts from the same iteration-0 checkpoint: nothing is recorded twice
+        assert main(["train", "--resume", str(run), "train.total_steps=1", "text.eval_conversations=2"]) == 0
+        shutil.rmtree(run / "checkpoints" / "iter_0000001")
+        (run / "checkpoints" / "latest").write_text("iter_0000000")
+    records = read_metrics(run)
+    assert [r["iteration"] for r in records] == [0, 1, 1]  # before RL, the update, the final evaluation
+    assert {k: records[0][k] for k in saved} == saved
