@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import errno
 import io
+import os
 import shutil
 import sys
 from collections.abc import Callable, Iterator
@@ -18,7 +19,7 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from lmpo.config import ConfigError
+from lmpo.config import MAX_TOKENS, ConfigError
 
 if TYPE_CHECKING:
     from lmpo.config import Config
@@ -288,6 +289,8 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
                           "0 < --top-p <= 1 and --max-new-tokens >= 1") from None
     if args.max_context is not None and args.max_context < 1:
         raise ConfigError("--max-context must be at least 1 token")
+    if args.max_new_tokens > MAX_TOKENS:
+        raise ConfigError(f"--max-new-tokens must be at most {MAX_TOKENS}")
     task, policy, _ = load_run(run_dir)
     tokenizer = getattr(task, "tokenizer", None)
     if tokenizer is None:
@@ -396,6 +399,9 @@ def main(argv: list[str] | None = None) -> int:
     if getattr(args, "episodes", None) is not None and args.episodes < 1:
         print("lmpo: error: --episodes must be at least 1", file=sys.stderr)
         return EXIT_USAGE
+    if getattr(args, "seed", None) is not None and not 0 <= args.seed < 2**32:
+        print("lmpo: error: --seed must be between 0 and 2**32 - 1", file=sys.stderr)
+        return EXIT_USAGE
     from lmpo.train.runtime import TrainingDiverged
 
     try:
@@ -412,6 +418,9 @@ def main(argv: list[str] | None = None) -> int:
         where = f"{e.filename}: " if e.filename else ""
         print(f"lmpo: error: {where}{e.strerror}", file=sys.stderr)
         return EXIT_USAGE
+    except BrokenPipeError:  # `lmpo recipes | head -1`: the reader has gone, which is not an error
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except KeyboardInterrupt:
         resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""
         print(f"lmpo: interrupted{resume}", file=sys.stderr)

@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+FLOAT32_MAX = 3.4e38  # numbers past this are inf in float32: a coefficient of 1e300 is a typo, not a setting
+_EXPONENT_NUMBER = re.compile(r"[-+]?\d+[eE][-+]?\d+")
 
 
 class ConfigError(ValueError):
@@ -20,9 +23,30 @@ class ConfigError(ValueError):
 
 class Section(BaseModel):
     """Base of every config section: unknown keys are errors, assignments are validated, and numbers are finite
-    (``gt=0`` alone lets ``.inf`` through, and an infinite learning rate trains every weight to NaN)."""
+    (``gt=0`` alone lets ``.inf`` through, and an infinite learning rate trains every weight to NaN), within what
+    float32 holds, and not ``true``/``false`` (pydantic would read ``true`` as 1)."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _numbers(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            for key, value in data.items():
+                field = cls.model_fields.get(key)
+                if field is None or not _numeric(field.annotation):
+                    continue
+                if isinstance(value, bool):
+                    raise ValueError(f"{key}: expected a number, got {str(value).lower()}")
+                if isinstance(value, float) and abs(value) > FLOAT32_MAX:
+                    raise ValueError(f"{key}: {value:g} is beyond what float32 holds ({FLOAT32_MAX:.2g})")
+        return data
+
+
+def _numeric(annotation: Any) -> bool:
+    """Whether a field takes a number (int or float, optional or not) and no bool."""
+    args = get_args(annotation) or (annotation,)
+    return bool(set(args) & {int, float}) and bool not in args
 
 
 class EnvConfig(Section):
@@ -335,6 +359,9 @@ def _format_error(e: ValidationError, prefix: str = "") -> str:
         elif "input" in err and not isinstance(err["input"], dict):
             msg = f"{msg} (got {err['input']!r})"
         msg = msg.removeprefix("Value error, ")
+        named = re.match(r"(\w+): ", msg)  # a section's own check naming its key: "algo" + "lr: ..." -> "algo.lr"
+        if named and loc and err["type"] == "value_error":
+            loc, msg = f"{loc}.{named[1]}", msg[named.end():]
         parts.append(f"{loc}: {msg}" if loc else msg)
     return "; ".join(parts)
 
@@ -352,6 +379,10 @@ def parse_override(item: str) -> tuple[list[str], Any]:
         value = yaml.safe_load(raw) if raw != "" else ""
     except yaml.YAMLError:
         value = raw
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, brackets nested thousands deep
+        raise ConfigError(f"override {key}: the value cannot be read ({type(e).__name__})") from None
+    if isinstance(value, str) and _EXPONENT_NUMBER.fullmatch(value):
+        value = float(value)  # YAML 1.1 reads 3e-4 (no dot) as text; for env.kwargs nothing else would convert it
     return key.split("."), value
 
 
@@ -407,6 +438,8 @@ def load_config(path: str | Path | None, overrides: list[str] | None = None) -> 
             raise ConfigError(f"cannot read {p}: {e.strerror}") from None
         except UnicodeDecodeError as e:
             raise ConfigError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+        except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting thousands deep
+            raise ConfigError(f"{p}: a value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
         except yaml.YAMLError as e:
             mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or "unreadable"
             where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""

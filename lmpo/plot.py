@@ -200,5 +200,10 @@ def plot_run(run_dir: Path, output: Path | None = None) -> Path:
     """Draw every panel that the run has data for; returns the PNG path."""
     fig = run_figure(run_dir)
     out = output or run_dir / "curves.png"
-    fig.savefig(out, dpi=100)
+    try:
+        fig.savefig(out, dpi=100)
+    except OSError as e:
+        raise ConfigError(f"cannot write {out}: {e.strerror or e}") from None
+    except ValueError as e:  # an extension matplotlib does not write
+        raise ConfigError(f"cannot write {out}: {e}") from None
     return out

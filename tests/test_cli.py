@@ -38,6 +38,8 @@ def _run(*args: str) -> subprocess.CompletedProcess:
     ["train", str(CONFIGS / "cartpole-ppo.yaml"), "algo.lr=.inf"],
     ["train", str(CONFIGS / "cartpole-ppo.yaml"), "algo.ent_coef=.nan"],
     ["train", "support", "env.kwargs.stale_share=.nan"],
+    ["eval", "/no/such/run", "--seed", "-1"],
+    ["chat", "/no/such/run", "--max-new-tokens", "1000000000"],
 ])
 def test_user_errors_exit_2_with_one_line(args: list[str]) -> None:
     out = _run(*args)
@@ -62,6 +64,8 @@ def test_train_eval_plot(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
     assert "episodes 3" in capsys.readouterr().out
     assert main(["eval", str(run), "--seed", "7"]) == 0
     assert "episodes 10" in capsys.readouterr().out  # the default for control runs
+    assert main(["plot", str(run), "-o", str(tmp_path / "no" / "such" / "dir.png")]) == 2
+    assert main(["plot", str(run), "-o", str(tmp_path / "curves.xyz")]) == 2  # not a format matplotlib writes
     assert main(["plot", str(run)]) == 0
     png = run / "curves.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

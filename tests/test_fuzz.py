@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 import pytest
+import torch
 import yaml
 from annotated_types import Ge, Gt, Le, Lt
 from hypothesis import given, settings
@@ -373,6 +374,10 @@ CLI_OVERRIDES = [
     "seed=abc", "seed=[1]", "algo.adam_eps=.inf", "algo.vf_coef=-.inf", "algo.clip_range=.nan",
     "policy.log_std_init=.nan", "train.progress=maybe", "text.vocab_size=300", "name=.", "name=..", "name=../x",
     "name=a/b", "name=", "=5", "algo..lr=1", "noequals", "seed\n=1", "algo.lr\r=1",
+    # found by an adversarial session: a bool for a number, past float32, a device lmpo does not train on, values
+    # YAML cannot read (5,000 digits, brackets 2,000 deep), an environment whose extra is not installed
+    "algo.lr=true", "env.num_envs=false", "algo.vf_coef=1e300", "train.device=meta", "seed=" + "9" * 5000,
+    "seed=" + "[" * 2000, "env.id=GymV26Environment-v0",
 ]
 
 
@@ -531,6 +536,10 @@ KB_FILES: dict[str, tuple[str, Callable[[Path], None] | None, int | None, str | 
         "kb.templates.yaml").write_text("- questions\n")), None, "kb.templates.yaml"),
     "templates for an unknown column": ("kb.csv", lambda p: (_lines("name,price", "Lamp,$3")(p), p.with_name(
         "kb.templates.yaml").write_text("answers: {colour: 'It is {value}.'}\n")), None, None),
+    # found by an adversarial session: a field past csv's size limit, a template reaching into an attribute
+    "csv field of 200,000 characters": ("kb.csv", _lines("name,price", "Lamp,$3", "Mug," + "9" * 200_000), 3, None),
+    "template with an attribute lookup": ("kb.csv", lambda p: (_lines("name,price", "Lamp,$3")(p), p.with_name(
+        "kb.templates.yaml").write_text("answers: {price: 'It is {value.foo}.'}\n")), None, None),
 }
 
 
@@ -620,6 +629,16 @@ DAMAGES: dict[str, tuple[str, Callable[[Path], Any], str, str, str | None]] = {
                                           ERR, EITHER, ERR),
     "text config.yaml does not match the weights": ("text", lambda run: edit_config(run, "policy", "hidden", 32),
                                                     ERR, EITHER, ERR),
+    # found by an adversarial session
+    "control state.pt of another shape": (
+        "control", lambda run: torch.save({"iteration": 1}, latest_dir(run) / "state.pt"), OK, EITHER, ERR),
+    "control metrics.jsonl iteration is text": (
+        "control", lambda run: (run / "metrics.jsonl").write_text('{"iteration": "y"}\n{"iteration": 1}\n'),
+        OK, ERR, ERR),
+    "control tb is a file": ("control", lambda run: (shutil.rmtree(run / "tb"), (run / "tb").write_text("x")),
+                             OK, EITHER, ERR),
+    "text tokenizer.json emptied": ("text", lambda run: (run / "tokenizer" / "tokenizer.json").write_text("{}"),
+                                    ERR, EITHER, ERR),
 }
 WRITERS_TEMP = ".tmp-iter_0000099"  # a checkpoint a live writer is half-way through
 

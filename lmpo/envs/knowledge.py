@@ -342,7 +342,7 @@ def _check_templates(path: Path, questions: Any, heldout_questions: Any, answers
             for t in templates:
                 try:
                     t.format(name="x", Name="X", value="v", label="l")
-                except (KeyError, IndexError, ValueError) as e:
+                except (KeyError, IndexError, ValueError, AttributeError, TypeError) as e:
                     raise KnowledgeBaseError(f"{path}: {kind}.{attr}: template {t!r} has an unknown field ({e}); "
                                              "use {name}, {Name}, {value}, {label}") from None
 
@@ -357,9 +357,12 @@ def _checked(row: object, where: str) -> Row:
 
 def _read_csv(path: Path) -> list[Row]:
     reader = csv.DictReader(io.StringIO(read_utf8(path, KnowledgeBaseError), newline=""))
-    if reader.fieldnames is None or "name" not in reader.fieldnames:
-        raise KnowledgeBaseError(f"{path}:1: missing 'name' column (header: {', '.join(reader.fieldnames or [])})")
-    return [_checked(r, f"{path}:{reader.line_num}") for r in reader]
+    try:
+        if reader.fieldnames is None or "name" not in reader.fieldnames:
+            raise KnowledgeBaseError(f"{path}:1: missing 'name' column (header: {', '.join(reader.fieldnames or [])})")
+        return [_checked(r, f"{path}:{reader.line_num}") for r in reader]
+    except csv.Error as e:  # a field over csv's size limit, a stray NUL; line_num counts the lines before it
+        raise KnowledgeBaseError(f"{path}:{reader.line_num + 1}: not readable as CSV ({e})") from None
 
 
 def _read_jsonl(path: Path) -> list[Row]:

@@ -63,9 +63,9 @@ class SupportSettings(EnvSettings):
         "knowledge base), lookup_verbose, deflect.")
     stale_share: float = Field(0.8, ge=0, le=1, description="Share of values that changed since the agents "
                                "answering from memory learnt them.")
-    stale_versions: int = Field(8, ge=1, description="Older versions of the knowledge base that agents answering "
-                                "from memory learnt (each transcript's agent, one of them): agents disagree, as "
-                                "people who learnt a catalogue at different times do.")
+    stale_versions: int = Field(8, ge=1, le=1024, description="Older versions of the knowledge base that agents "
+                                "answering from memory learnt (each transcript's agent, one of them): agents "
+                                "disagree, as people who learnt a catalogue at different times do.")
     train_goals: int = Field(2000, ge=1, description="Customer goals on RL entities.")
     eval_goals: int = Field(200, ge=1, description="Customer goals per evaluation split.")
 

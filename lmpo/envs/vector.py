@@ -34,7 +34,7 @@ def control_env_problem(env_id: str, kwargs: dict[str, Any]) -> str | None:
             obs, act = env.observation_space, env.action_space
         finally:
             env.close()
-    except (TypeError, ValueError, AssertionError, gym.error.Error) as e:
+    except (TypeError, ValueError, AssertionError, ImportError, gym.error.Error) as e:  # ImportError: a missing extra
         why = " ".join(str(e).split()).split(" was raised from the environment creator")[0] or type(e).__name__
         return f"env.kwargs: {env_id} cannot be made with {kwargs} ({why})"
     if not isinstance(obs, gym.spaces.Box) or len(obs.shape) != 1:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
 
@@ -86,7 +89,13 @@ class Policy(Protocol):
 def save_weights(module: nn.Module, path: str | Path) -> None:
     """``module.state_dict()`` as safetensors. Copies: parameters may be views of one optimiser buffer,
     and safetensors refuses tensors that share storage."""
-    save_file({k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}, str(path))
+    try:
+        save_file({k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}, str(path))
+    except SafetensorError as e:  # a full disk: the OSError it is, naming the file
+        code = re.search(r"os error (\d+)", str(e))
+        if code is None:
+            raise
+        raise OSError(int(code[1]), os.strerror(int(code[1])), str(path)) from None
 
 
 def load_weights(module: nn.Module, path: str | Path) -> None:

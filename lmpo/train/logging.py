@@ -15,6 +15,8 @@ from tensorboard.summary.writer.event_file_writer import EventFileWriter
 from lmpo.config import ConfigError
 from lmpo.train.checkpoint import write_atomic
 
+INTEGER_KEYS = ("iteration", "env_steps")  # what resume and plots order records by
+
 
 class MetricsLogger:
     """Appends one JSON object per update to ``metrics.jsonl`` and mirrors the scalars to TensorBoard.
@@ -28,7 +30,10 @@ class MetricsLogger:
         self.finished = False  # whether the kept records end with the final evaluation (a finished run resumed)
         if resume_iteration is not None:
             self._truncate_after(resume_iteration)
-        self.tb = EventFileWriter(str(run_dir / "tb"))
+        try:
+            self.tb = EventFileWriter(str(run_dir / "tb"))
+        except OSError as e:  # tb/ is a file, or cannot be made
+            raise ConfigError(f"cannot write TensorBoard events to {run_dir / 'tb'}: {e.strerror or e}") from None
         if resume_iteration is not None:
             # TensorBoard drops events a crashed process wrote after the step we resume from
             self.tb.add_event(Event(step=resume_step + 1, wall_time=time.time(),
@@ -76,11 +81,12 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
+        except (ValueError, RecursionError):  # JSONDecodeError is a ValueError; so is an integer of 5,000 digits
             if number == len(lines):
                 break  # torn by a crash: that update is redone on resume
             raise ConfigError(f"{path}:{number}: not a JSON record") from None
-        if not isinstance(record, dict):
-            raise ConfigError(f"{path}:{number}: not a JSON object")
+        if not isinstance(record, dict) or not all(isinstance(record.get(k, 0), int) for k in INTEGER_KEYS):
+            raise ConfigError(f"{path}:{number}: not one of lmpo's records (an object whose "
+                              f"{' and '.join(INTEGER_KEYS)} are integers)")
         records.append(record)
     return records

@@ -120,7 +120,8 @@ def perplexity(policy: LMPolicy, data: Sequence[EncodedDialogue], batch_size: in
         nll, n = _nll(policy, ids, mask)
         total, count = total + float(nll), count + float(n)
     policy.train(was)
-    return math.exp(total / max(count, 1.0))
+    mean = total / max(count, 1.0)
+    return math.exp(mean) if mean < 709.0 else math.inf  # exp overflows a double past ~709.78
 
 
 STATE_FILE = "state.pt"

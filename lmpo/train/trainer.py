@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import pickle
 import random
 import time
 from collections.abc import Iterator
@@ -44,6 +45,8 @@ def resolve_device(name: str) -> torch.device:
         device = torch.device(name)
     except RuntimeError:
         raise ConfigError(f"train.device: unknown device {name!r}") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ConfigError(f"train.device: {name!r} is not one lmpo trains on ('cpu', 'cuda', 'cuda:N' or 'auto')")
     if device.type == "cuda" and (device.index or 0) >= torch.cuda.device_count():
         raise ConfigError(f"train.device: {name!r} requested but only {torch.cuda.device_count()} CUDA devices")
     return device
@@ -132,7 +135,12 @@ class Trainer:
         self._bar: TrainingProgress | None = None  # the training bar while it is live
         self._saved_iteration: int | None = None
         if state is not None:
-            self._restore(state)
+            try:
+                self._restore(state)
+            except (KeyError, TypeError, AttributeError, ValueError, pickle.UnpicklingError) as e:
+                assert ckpt is not None
+                raise ConfigError(f"{ckpt / 'state.pt'} is not this run's training state ({type(e).__name__}: "
+                                  f"{str(e)[:80]})") from None
             save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
         # a resume keeps the records up to its checkpoint; before the first update none (iteration 0, evaluation
         # and pre-training's metrics, is recorded again)
