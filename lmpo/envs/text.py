@@ -21,18 +21,17 @@ from typing import Any, ClassVar, Protocol
 
 import gymnasium as gym
 import numpy as np
-from pydantic import BaseModel, ConfigDict
 
+from lmpo.config import Section
 from lmpo.data.corpus import Dialogue, Turn
 from lmpo.data.tokenizer import decode_reply, encode_dialogue, token_id
 
 Example = dict[str, Any]
 
 
-class EnvSettings(BaseModel):
-    """Base of a text environment's settings: unknown keys are errors, numbers are finite."""
-
-    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
+class EnvSettings(Section):
+    """Base of a text environment's settings (``env.kwargs``), held to every config section's rules: unknown keys
+    are errors, numbers are finite, within float32 and not booleans."""
 
 
 @dataclass
