@@ -29,7 +29,7 @@ def load_run(run_dir: str | Path, device: str | None = None, overrides: list[str
     found = read_latest(run_dir / "checkpoints", policy)
     if found is None:
         raise ConfigError(f"no checkpoint in {run_dir}/checkpoints")
-    return task, policy.to(dev).eval(), found[0].name
+    return task, policy.to(dev).eval(), found.name
 
 
 def load(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:

@@ -29,7 +29,8 @@ if TYPE_CHECKING:
 EXIT_USAGE = 2
 EXIT_DIVERGED = 1
 # what the machine refuses (a full disk, a read-only or forbidden place): the user's to fix, not a bug
-USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG}
+USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.EFBIG, errno.EISDIR,
+                  errno.ENOTDIR}
 DEFAULT_RECIPE_NAME = "support"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
 CONTROL_EVAL_EPISODES = 10
 CONTROL_EVAL_SEED = 12345
@@ -130,7 +131,8 @@ def _start(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
     try:
         return Trainer(cfg, run_dir=run_dir, resume=resume)
     except failures:
-        if not resume and not (run_dir / PRETRAIN_DIR).exists() and not (run_dir / "checkpoints").exists():
+        resumable = (run_dir / PRETRAIN_DIR / "state.pt").is_file() or any(run_dir.glob("checkpoints/iter_*"))
+        if not resume and not resumable:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
@@ -405,7 +407,9 @@ def main(argv: list[str] | None = None) -> int:
     from lmpo.train.runtime import TrainingDiverged
 
     try:
-        return int(args.fn(args))
+        code = int(args.fn(args))
+        sys.stdout.flush()  # here, not at exit: a reader that has gone (| head) is caught below
+        return code
     except _user_errors() as e:  # the user's file or setting (or a user's reward function): one line
         print(f"lmpo: error: {e}", file=sys.stderr)
         return EXIT_USAGE

@@ -606,7 +606,8 @@ DAMAGES: dict[str, tuple[str, Callable[[Path], Any], str, str, str | None]] = {
     "control intact": ("control", lambda run: None, OK, OK, OK),
     "control truncated policy.safetensors": ("control", lambda run: truncate(latest_dir(run) / "policy.safetensors"),
                                              ERR, EITHER, ERR),
-    "control truncated state.pt": ("control", lambda run: truncate(latest_dir(run) / "state.pt"), ERR, EITHER, ERR),
+    # readers need only the weights, and never unpickle state.pt; a resume does, and says it is damaged
+    "control truncated state.pt": ("control", lambda run: truncate(latest_dir(run) / "state.pt"), OK, EITHER, ERR),
     "control latest names a missing checkpoint": (
         "control", lambda run: (run / "checkpoints" / "latest").write_text("iter_0009999"), ERR, EITHER, ERR),
     "control latest holds garbage": (
@@ -637,6 +638,8 @@ DAMAGES: dict[str, tuple[str, Callable[[Path], Any], str, str, str | None]] = {
         OK, ERR, ERR),
     "control tb is a file": ("control", lambda run: (shutil.rmtree(run / "tb"), (run / "tb").write_text("x")),
                              OK, EITHER, ERR),
+    "control metrics.jsonl is a directory": (
+        "control", lambda run: ((run / "metrics.jsonl").unlink(), (run / "metrics.jsonl").mkdir()), OK, EITHER, ERR),
     "text tokenizer.json emptied": ("text", lambda run: (run / "tokenizer" / "tokenizer.json").write_text("{}"),
                                     ERR, EITHER, ERR),
 }

@@ -133,6 +133,10 @@ def load_weights_checked(model: nn.Module, weights: Path) -> None:
     ``ConfigError`` naming the file."""
     try:
         load_weights(model, weights)
+    except FileNotFoundError:
+        if weights.is_file():  # safetensors says "no such file" when it may not read one
+            raise ConfigError(f"cannot read {weights}: permission denied") from None
+        raise  # rotation removed it while a reader was reading: read_latest retries
     except SafetensorError as e:
         raise ConfigError(f"{weights} is damaged ({e})") from None
     except RuntimeError as e:  # missing, unexpected or differently shaped tensors
@@ -145,29 +149,34 @@ def load_weights_checked(model: nn.Module, weights: Path) -> None:
                           f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); the run diverged")
 
 
-def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
-    """Load weights into ``model`` (``load_weights_checked``) and return the saved training state."""
+def load_checkpoint(path: Path, model: nn.Module, state: bool = True) -> dict[str, Any]:
+    """Load weights into ``model`` (``load_weights_checked``) and return the saved training state (``{}`` when
+    ``state`` is False: a reader needs only the weights, and does not unpickle ``state.pt``, which can run code)."""
     load_weights_checked(model, path / "policy.safetensors")
     state_file = path / "state.pt"
+    if not state:
+        return {}
     # the saved RNG and optimiser state may come from another device (a GPU run loaded on a CPU machine)
     try:
-        state: dict[str, Any] = torch.load(state_file, weights_only=False, map_location="cpu")
-    except FileNotFoundError:
-        raise  # rotation removed it while a reader was reading: read_latest retries
-    except (OSError, RuntimeError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        saved: dict[str, Any] = torch.load(state_file, weights_only=False, map_location="cpu")
+    except (OSError, RuntimeError, EOFError, ValueError, pickle.UnpicklingError, zipfile.BadZipFile) as e:
+        # ValueError: a flipped byte can make a string field undecodable
         raise ConfigError(f"{state_file} is damaged ({str(e).splitlines()[0]})") from None
-    return state
+    return saved
 
 
-def read_latest(ckpt_dir: Path, model: nn.Module) -> tuple[Path, dict[str, Any]] | None:
-    """``load_checkpoint`` of the latest checkpoint, for readers of a run that may be training: when the
-    writer's rotation removes the checkpoint between finding and reading it, find the new one and retry."""
+def read_latest(ckpt_dir: Path, model: nn.Module) -> Path | None:
+    """Load the latest checkpoint's weights into ``model``, for readers of a run that may be training: when the
+    writer's rotation removes the checkpoint between finding and reading it, find the new one and retry. Returns
+    the checkpoint read (None when there is none)."""
     attempt = 0
     while True:
         attempt, path = attempt + 1, None
         try:
             path = latest_checkpoint(ckpt_dir)
-            return None if path is None else (path, load_checkpoint(path, model))
+            if path is not None:
+                load_checkpoint(path, model, state=False)
+            return path
         except (FileNotFoundError, ConfigError):
             if attempt == READ_RETRIES or path is not None and _complete(path) and _names(ckpt_dir, path):
                 raise  # not rotation: the checkpoint is still there, and still the latest

@@ -67,10 +67,12 @@ class MetricsLogger:
             self.tb.close()
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """All records of ``metrics.jsonl``. A torn last line (a crash mid-write) is left out; a damaged line
-    anywhere else is a ``ConfigError`` naming the file and line."""
+def read_metrics(run_dir: Path, missing_ok: bool = False) -> list[dict[str, Any]]:
+    """All records of ``metrics.jsonl`` (none when it is missing and ``missing_ok``). A torn last line (a crash
+    mid-write) is left out; a damaged line anywhere else is a ``ConfigError`` naming the file and line."""
     path = run_dir / "metrics.jsonl"
+    if missing_ok and not path.exists():
+        return []
     try:
         lines = path.read_text().splitlines()
     except UnicodeDecodeError as e:

@@ -25,7 +25,7 @@ from lmpo.train.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from lmpo.train.logging import MetricsLogger
+from lmpo.train.logging import MetricsLogger, read_metrics
 from lmpo.train.progress import PhaseStatus, TrainingProgress
 from lmpo.train.rundir import RunLock, claim_run_dir
 from lmpo.train.runtime import TrainingDiverged, autocast, first_non_finite, tune_allocator
@@ -117,6 +117,10 @@ class Trainer:
             raise ConfigError(f"policy: the network of policy.* does not fit in memory ({str(e).splitlines()[0]})"
                               ) from None
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
+        trained = resume and any(r.get("iteration", 0) > 0 for r in read_metrics(self.run_dir, missing_ok=True))
+        if trained and ckpt is None:  # starting over silently would throw the run away
+            raise ConfigError(f"{self.run_dir} has trained (metrics.jsonl) but has no checkpoint left in "
+                              f"{self.ckpt_dir}: nothing to resume from; start a new run")
         if not resume and any(self.ckpt_dir.glob("iter_*")):
             raise ConfigError(f"{self.run_dir} already holds a run; continue it with lmpo train --resume")
         if not resume:

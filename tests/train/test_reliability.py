@@ -276,7 +276,7 @@ def test_a_reader_retries_when_rotation_removes_its_checkpoint(tmp_path: Path, m
     reader = torch.nn.Linear(2, 2)
     found = checkpoint.read_latest(ckpts, reader)
     assert found is not None and raced[0].name == "iter_0000001" and not raced[0].exists()
-    assert found[0].name == "iter_0000002" and found[1] == {"i": 2} and torch.equal(reader.weight, model.weight)
+    assert found.name == "iter_0000002" and torch.equal(reader.weight, model.weight)
 
 
 def test_the_writer_puts_back_a_checkpoint_a_crash_left_moved_aside(tmp_path: Path) -> None:
@@ -328,3 +328,31 @@ def test_pretrain_then_resume_records_the_pre_training_metrics_once(text_run: Pa
     records = read_metrics(run)
     assert [r["iteration"] for r in records] == [0, 1, 1]  # before RL, the update, the final evaluation
     assert {k: records[0][k] for k in saved} == saved
+
+
+class _Payload:
+    """What a hostile ``state.pt`` holds: unpickling it touches a file."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple:
+        return Path.touch, (self.marker,)
+
+
+def test_readers_never_unpickle_state_and_a_run_without_checkpoints_is_not_restarted(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """``lmpo eval`` and ``lmpo.load`` read weights only (safetensors): a run someone else made cannot run code
+    through its pickled ``state.pt``. A run whose checkpoints are gone is not silently trained again from scratch."""
+    assert main(["train", "cartpole-ppo", *TINY, f"train.runs_dir={tmp_path}", "name=p", "train.total_steps=128"]) == 0
+    run, marker = tmp_path / "p", tmp_path / "payload-ran"
+    torch.save({"iteration": _Payload(marker)}, latest_checkpoint(run / "checkpoints") / "state.pt")
+    assert main(["eval", str(run), "--episodes", "1"]) == 0
+    lmpo.load(run)
+    assert not marker.exists()
+    import shutil
+
+    shutil.rmtree(run / "checkpoints")
+    capsys.readouterr()
+    assert main(["train", "--resume", str(run), "train.total_steps=256"]) == 2
+    assert "no checkpoint left" in _one_error_line(capsys.readouterr().err)
