@@ -416,15 +416,15 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingDiverged as e:
         print(f"lmpo: error: {e}", file=sys.stderr)
         return EXIT_DIVERGED
+    except BrokenPipeError:  # `lmpo recipes | head -1`: the reader has gone, not an error (an OSError: caught first)
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
+        return 0
     except OSError as e:
         if e.errno not in USER_OS_ERRORS:
             raise
         where = f"{e.filename}: " if e.filename else ""
         print(f"lmpo: error: {where}{e.strerror}", file=sys.stderr)
         return EXIT_USAGE
-    except BrokenPipeError:  # `lmpo recipes | head -1`: the reader has gone, which is not an error
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes
-        return 0
     except KeyboardInterrupt:
         resume = " (resume with lmpo train --resume RUN_DIR)" if args.command == "train" else ""
         print(f"lmpo: interrupted{resume}", file=sys.stderr)

@@ -232,3 +232,13 @@ def test_chat_input_is_data_not_control(text_run: Path) -> None:
                          input=b"caf\xe9 \xff\xfe hello\n/quit\n", capture_output=True, timeout=120)
     assert out.returncode == 0 and b"Traceback" not in out.stderr, out.stderr
     assert out.stdout.count(b"bot: ") == 1 and out.stdout.rstrip().endswith(b"bye")
+
+
+def test_a_reader_that_has_gone_is_not_an_error() -> None:
+    """``lmpo recipes | head -1``: the pipe closes before lmpo writes; no traceback, exit code 0."""
+    proc = subprocess.Popen([sys.executable, "-m", "lmpo.cli", "recipes"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # long before the command has imported torch and printed
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=120) == 0 and err == "", err
