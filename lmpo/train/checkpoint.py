@@ -149,13 +149,11 @@ def load_weights_checked(model: nn.Module, weights: Path) -> None:
                           f"{f' and {len(bad) - 1} more' if len(bad) > 1 else ''}); the run diverged")
 
 
-def load_checkpoint(path: Path, model: nn.Module, state: bool = True) -> dict[str, Any]:
-    """Load weights into ``model`` (``load_weights_checked``) and return the saved training state (``{}`` when
-    ``state`` is False: a reader needs only the weights, and does not unpickle ``state.pt``, which can run code)."""
+def load_checkpoint(path: Path, model: nn.Module) -> dict[str, Any]:
+    """Load weights into ``model`` (``load_weights_checked``) and return the saved training state (a pickle: for
+    the run's writer; readers load only the weights)."""
     load_weights_checked(model, path / "policy.safetensors")
     state_file = path / "state.pt"
-    if not state:
-        return {}
     # the saved RNG and optimiser state may come from another device (a GPU run loaded on a CPU machine)
     try:
         saved: dict[str, Any] = torch.load(state_file, weights_only=False, map_location="cpu")
@@ -175,7 +173,7 @@ def read_latest(ckpt_dir: Path, model: nn.Module) -> Path | None:
         try:
             path = latest_checkpoint(ckpt_dir)
             if path is not None:
-                load_checkpoint(path, model, state=False)
+                load_weights_checked(model, path / "policy.safetensors")  # never state.pt: unpickling can run code
             return path
         except (FileNotFoundError, ConfigError):
             if attempt == READ_RETRIES or path is not None and _complete(path) and _names(ckpt_dir, path):
