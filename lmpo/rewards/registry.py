@@ -148,6 +148,10 @@ class WeightedReward:
                 raise RewardError(f"reward {name!r}: weight must be a finite number, got {weight!r}", user=user)
             fn = load_reward(name)
             _check_settings(name, fn, settings, user)
+            # a builtin's own checks (lmpo.rewards.library): an optional dependency that is not installed, or a
+            # setting that cannot work, is a config error rather than a crash at the first batch
+            for check in getattr(fn, "checks", ()):
+                check(name, settings)
             components.append(RewardComponent(name, float(weight), fn, settings, user))
         return cls(components)
 
@@ -230,4 +234,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-from lmpo.rewards import builtin  # noqa: E402, F401  (registers the built-in rewards; imports register_reward above)
+from lmpo.rewards import builtin, library  # noqa: E402, F401  (register the built-in rewards; import register_reward above)
