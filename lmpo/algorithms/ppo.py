@@ -14,7 +14,7 @@ from torch import Tensor
 
 from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import PPOConfig
-from lmpo.core import Rollout
+from lmpo.core import Rollout, loss_weights
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -54,7 +54,9 @@ class PPO:
 
     def __init__(self, cfg: PPOConfig, policy: Policy) -> None:
         self.cfg = cfg
-        self.params = unique_parameters(policy.actor_parameters(), policy.critic_parameters())
+        self.use_value = cfg.advantage.needs_value  # RLOO and GRPO-style advantages train no value
+        self.params = unique_parameters(policy.actor_parameters(),
+                                        policy.critic_parameters() if self.use_value else [])
         self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
@@ -71,6 +73,7 @@ class PPO:
         n_steps, stopped, epochs, last = 0, False, 0, None
         for epochs in range(1, cfg.epochs + 1):  # noqa: B007  (epochs is reported below)
             for mb, w, mb_lo, mb_hi in self._minibatches(rollout, lo, hi):
+                w_loss = w if cfg.loss_aggregation == "token_mean" else loss_weights(mb.mask, cfg.loss_aggregation)
                 assert mb.advantages is not None and mb.returns is not None
                 ev = policy.evaluate(mb.obs, mb.actions)
                 log_ratio = ev.log_probs - mb.logprobs
@@ -82,11 +85,11 @@ class PPO:
                 # clamp with per-step bounds (see _clip_bounds): same value and gradient, half the autograd nodes
                 pg = -mb.advantages * ratio.clamp(mb_lo, mb_hi)
                 per_step = pg if cfg.ent_coef == 0 else pg - cfg.ent_coef * ev.entropy
+                loss = torch.dot(per_step.reshape(-1), w_loss.reshape(-1))  # aggregated over real steps
                 v_err = None
-                if ev.values is not None:
+                if self.use_value and ev.values is not None:
                     v_err = value_error(ev.values, mb.returns, mb.values, cfg.clip_range_vf)
-                    per_step = torch.add(per_step, v_err, alpha=cfg.vf_coef)
-                loss = torch.dot(per_step.reshape(-1), w.reshape(-1))  # masked mean over real steps
+                    loss = loss + cfg.vf_coef * torch.dot(v_err.reshape(-1), w.reshape(-1))  # masked mean
                 grad_norm = self.optimizer.step(loss, cfg.max_grad_norm)
                 last = (w, ev, pg, v_err, ratio, log_ratio, grad_norm)
                 n_steps += 1

@@ -12,7 +12,7 @@ import torch
 
 from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import ReinforceConfig
-from lmpo.core import Rollout, masked_mean
+from lmpo.core import Rollout, loss_weights, masked_mean
 from lmpo.policies.base import Policy
 
 
@@ -21,18 +21,19 @@ class Reinforce:
 
     def __init__(self, cfg: ReinforceConfig, policy: Policy) -> None:
         self.cfg = cfg
-        self.use_value = cfg.advantage.baseline == "value" or cfg.advantage.estimator == "gae"
+        self.use_value = cfg.advantage.needs_value
         critic = policy.critic_parameters() if self.use_value else []
         self.params = unique_parameters(policy.actor_parameters(), critic)
         self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
-        """``loss = -mean_t(log pi(a_t|s_t) * A_t) - c_ent * H + c_v * (V - G)^2``."""
+        """``loss = -agg_t(log pi(a_t|s_t) * A_t) - c_ent * H + c_v * (V - G)^2``, ``agg`` the configured
+        aggregation over the batch's tokens (``loss_weights``)."""
         assert rollout.advantages is not None and rollout.returns is not None
         cfg, m = self.cfg, rollout.mask
         lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         ev = policy.evaluate(rollout.obs, rollout.actions)
-        pg_loss = -masked_mean(ev.log_probs * rollout.advantages, m)
+        pg_loss = -(ev.log_probs * rollout.advantages * loss_weights(m, cfg.loss_aggregation)).sum()
         loss = pg_loss
         if cfg.ent_coef:
             entropy = masked_mean(ev.entropy, m)

@@ -20,7 +20,7 @@ from torch.nn.utils import parameters_to_vector
 
 from lmpo.algorithms.base import FlatAdam, value_error
 from lmpo.config import TRPOConfig
-from lmpo.core import Rollout, masked_mean
+from lmpo.core import Rollout, loss_weights, masked_mean
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -64,7 +64,7 @@ class TRPO:
     def __init__(self, cfg: TRPOConfig, policy: Policy) -> None:
         self.cfg = cfg
         self.actor = policy.actor_parameters()
-        self.critic = policy.critic_parameters()
+        self.critic = policy.critic_parameters() if cfg.advantage.needs_value else []
         self.optimizer = FlatAdam(self.critic, cfg.lr, cfg.adam_eps) if self.critic else None
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
@@ -73,10 +73,11 @@ class TRPO:
         assert adv is not None and rollout.returns is not None
         ev = policy.evaluate(rollout.obs, rollout.actions)
         old_dist = ev.dist.detach()  # pi_old: the policy before this update
+        w = loss_weights(m, cfg.loss_aggregation)
 
         def surrogate_and_kl(ev: Evaluation) -> tuple[Tensor, Tensor]:
             ratio = (ev.log_probs - rollout.logprobs).exp()
-            return masked_mean(ratio * adv, m), masked_mean(policy.kl(old_dist, ev.dist), m)
+            return (ratio * adv * w).sum(), masked_mean(policy.kl(old_dist, ev.dist), m)
 
         # step 1. policy gradient of the surrogate (KL from the same forward pass; it is 0 with zero gradient
         # here, but its Hessian is the Fisher matrix)

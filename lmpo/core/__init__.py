@@ -6,6 +6,7 @@ from lmpo.core.advantages import (
     episode_starts,
     estimate_advantages,
     gae,
+    group_mean_std,
     leave_one_out_baseline,
     linked_returns,
     reverse_scan,
@@ -17,10 +18,19 @@ from lmpo.core.kl import (
     kl_penalized_rewards,
 )
 from lmpo.core.rollout import Rollout
-from lmpo.core.stats import explained_variance, masked_mean, masked_sum, masked_var, masked_whiten
+from lmpo.core.stats import (
+    LossAggregation,
+    explained_variance,
+    loss_weights,
+    masked_mean,
+    masked_sum,
+    masked_var,
+    masked_whiten,
+)
 
 __all__ = [
     "AdaptiveKLController",
+    "LossAggregation",
     "FixedKLController",
     "Rollout",
     "apply_baseline",
@@ -29,10 +39,12 @@ __all__ = [
     "estimate_advantages",
     "explained_variance",
     "gae",
+    "group_mean_std",
     "kl_estimate",
     "kl_penalized_rewards",
     "leave_one_out_baseline",
     "linked_returns",
+    "loss_weights",
     "masked_mean",
     "masked_sum",
     "masked_var",

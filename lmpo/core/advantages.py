@@ -20,7 +20,8 @@ from torch import Tensor
 from lmpo.core.rollout import Rollout
 from lmpo.core.stats import masked_mean, masked_whiten
 
-Baseline = Literal["none", "mean", "loo", "value"]
+Baseline = Literal["none", "mean", "loo", "group", "value"]
+GROUP_STD_EPS = 1e-4  # added to a group's std before dividing (GRPO; TRL uses the same)
 
 
 def reverse_scan(x: Tensor, coef: Tensor) -> Tensor:
@@ -114,16 +115,29 @@ def leave_one_out_baseline(scores: Tensor, group_ids: Tensor) -> Tensor:
     return (sums[inverse] - scores) / (n - 1)
 
 
+def group_mean_std(scores: Tensor, group_ids: Tensor) -> tuple[Tensor, Tensor]:
+    """Each row's group mean and (Bessel-corrected) group std of ``scores (B,)``; a one-row group's std is 0."""
+    groups, inverse, counts = torch.unique(group_ids, return_inverse=True, return_counts=True)
+    zeros = torch.zeros(len(groups), dtype=scores.dtype, device=scores.device)
+    n = counts.to(scores.dtype)
+    mean = zeros.index_add(0, inverse, scores) / n
+    sq = zeros.index_add(0, inverse, (scores - mean[inverse]).square())
+    std = (sq / (n - 1).clamp_min(1.0)).sqrt()
+    return mean[inverse], std[inverse]
+
+
 def apply_baseline(
     returns: Tensor, mask: Tensor, baseline: Baseline, values: Tensor | None = None,
-    group_ids: Tensor | None = None, episode_ids: Tensor | None = None,
+    group_ids: Tensor | None = None, episode_ids: Tensor | None = None, group_std: bool = False,
 ) -> Tensor:
-    """Advantages ``returns - b`` for one of the baselines: none, batch mean, leave-one-out, learned value.
+    """Advantages ``returns - b`` for one of the baselines: none, batch mean, leave-one-out, group mean, value.
 
-    The batch mean is over every real step. Leave-one-out compares episodes' returns from their first step
-    with the other episodes of their group and subtracts the same number from every step of a row; a later
-    row of a multi-row episode has that baseline lowered by what its episode earned before the row (which
-    depends only on the past, so the estimate stays unbiased).
+    The batch mean is over every real step. Leave-one-out (RLOO, Kool et al. 2019) and the group mean (GRPO, Shao
+    et al. 2024) compare episodes' returns from their first step with the other episodes of their group (k samples
+    of one prompt) and subtract the same number from every step of a row; a later row of a multi-row episode has
+    that baseline lowered by what its episode earned before the row (which depends only on the past, so the
+    estimate stays unbiased). ``group_std`` divides a group's advantages by its returns' std plus 1e-4 (GRPO's
+    normalisation; without it, Dr. GRPO's, Liu et al. 2025).
     """
     if baseline == "none":
         return returns * mask
@@ -133,17 +147,23 @@ def apply_baseline(
         if values is None:
             raise ValueError("baseline 'value' needs a policy with a value function")
         return (returns - values) * mask
-    if baseline == "loo":
+    if baseline in ("loo", "group"):
         if group_ids is None:
-            raise ValueError("baseline 'loo' needs group_ids (k samples per prompt or start state)")
+            raise ValueError(f"baseline {baseline!r} needs group_ids (k samples per prompt or start state)")
         if episode_ids is None:  # one episode per row
             episode_ids = torch.arange(returns.shape[0], device=returns.device)
         start = episode_starts(episode_ids)
         first = start == torch.arange(len(start), device=start.device)
         per_episode = torch.zeros_like(returns[:, 0])
-        per_episode[first] = leave_one_out_baseline(returns[first, 0], group_ids[first])
+        scale = torch.ones_like(returns[:, 0])
+        if baseline == "loo":
+            per_episode[first] = leave_one_out_baseline(returns[first, 0], group_ids[first])
+        else:
+            per_episode[first], std = group_mean_std(returns[first, 0], group_ids[first])
+            if group_std:
+                scale[first] = std + GROUP_STD_EPS
         b = per_episode[start] - (returns[start, 0] - returns[:, 0])
-        return (returns - b.unsqueeze(1)) * mask
+        return (returns - b.unsqueeze(1)) / scale[start].unsqueeze(1) * mask
     raise ValueError(f"unknown baseline {baseline!r}")
 
 
@@ -154,6 +174,7 @@ def estimate_advantages(
     gae_lambda: float = 1.0,
     baseline: Baseline = "value",
     whiten: bool = False,
+    group_std: bool = False,
 ) -> Rollout:
     """Fill ``rollout.advantages`` and ``rollout.returns`` with GAE or Monte-Carlo returns minus a baseline."""
     m = rollout.mask
@@ -166,7 +187,7 @@ def estimate_advantages(
             ret = discounted_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values)
         else:
             ret = linked_returns(rollout.rewards, rollout.dones, gamma, m, rollout.next_values, rollout.episode_ids)
-        adv = apply_baseline(ret, m, baseline, rollout.values, rollout.group_ids, rollout.episode_ids)
+        adv = apply_baseline(ret, m, baseline, rollout.values, rollout.group_ids, rollout.episode_ids, group_std)
     else:
         raise ValueError(f"unknown advantage estimator {estimator!r}")
     if whiten:

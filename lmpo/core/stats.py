@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -42,3 +44,24 @@ def explained_variance(pred: Tensor, target: Tensor, mask: Tensor) -> float:
     if var_t.item() == 0:
         return float("nan")
     return float(1.0 - masked_var(target - pred, mask) / var_t)
+
+
+LossAggregation = Literal["token_mean", "sequence_mean", "token_sum"]
+
+
+def loss_weights(mask: Tensor, how: LossAggregation = "token_mean") -> Tensor:
+    """Weights ``w (B, T)`` such that ``(x * w).sum()`` aggregates a per-token loss ``x`` over the batch.
+
+    ``token_mean``: every real token counts the same (one long reply weighs more than a short one);
+    ``sequence_mean``: the mean over each row's tokens, then over rows (GRPO's original loss: a short reply's tokens
+    weigh more, which biases towards long wrong answers, Liu et al. 2025); ``token_sum``: the sum over each row's
+    tokens, then the mean over rows (Dr. GRPO's length-unbiased loss, up to the constant factor Adam ignores).
+    """
+    if how == "token_mean":
+        return mask / mask.sum().clamp_min(1.0)
+    rows = mask.shape[0]
+    if how == "sequence_mean":
+        return mask / (mask.sum(1, keepdim=True).clamp_min(1.0) * rows)
+    if how == "token_sum":
+        return mask / rows
+    raise ValueError(f"unknown loss aggregation {how!r}")

@@ -9,6 +9,7 @@ from lmpo.core import (
     discounted_returns,
     estimate_advantages,
     gae,
+    group_mean_std,
     leave_one_out_baseline,
     linked_returns,
 )
@@ -203,3 +204,36 @@ def test_leave_one_out_over_multi_row_episodes() -> None:
     # A's returns: [3, 3] then [2]; B's: [0.5]. A's baseline is B's 0.5; its second row's baseline is
     # lowered by the 1 A earned before it; B's baseline is A's 3.
     assert torch.allclose(adv, torch.tensor([[2.5, 2.5], [2.5, 0.0], [-2.5, 0.0]]))
+
+
+def test_group_mean_and_std_by_hand() -> None:
+    mean, std = group_mean_std(torch.tensor([1.0, 2.0, 6.0, 10.0, 20.0]), torch.tensor([0, 0, 0, 1, 1]))
+    assert torch.allclose(mean, torch.tensor([3.0, 3.0, 3.0, 15.0, 15.0]))
+    # Bessel-corrected: group 0 squares 4 + 1 + 9 = 14 over 2; group 1 25 + 25 = 50 over 1
+    assert torch.allclose(std, torch.tensor([7.0**0.5] * 3 + [50.0**0.5] * 2))
+
+
+def test_group_baseline_grpo_and_dr_grpo() -> None:
+    ret = torch.tensor([[1.0, 1.0], [3.0, 0.0], [0.0, 0.0], [4.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0], [1.0, 0.0]])
+    groups = torch.tensor([0, 0, 1, 1])
+    # group means 2 and 2; Dr. GRPO: the returns minus the group mean, unscaled
+    dr = apply_baseline(ret, mask, "group", group_ids=groups)
+    assert torch.allclose(dr, torch.tensor([[-1.0, -1.0], [1.0, 0.0], [-2.0, 0.0], [2.0, 0.0]]))
+    # GRPO: divided by the group's std (sqrt(2) and sqrt(8)) plus 1e-4
+    grpo = apply_baseline(ret, mask, "group", group_ids=groups, group_std=True)
+    s0, s1 = 2.0**0.5 + 1e-4, 8.0**0.5 + 1e-4
+    assert torch.allclose(grpo, torch.tensor([[-1 / s0, -1 / s0], [1 / s0, 0.0], [-2 / s1, 0.0], [2 / s1, 0.0]]))
+    # a group whose samples all scored the same gets advantage 0, not a division by zero
+    same = apply_baseline(torch.ones(2, 1), torch.ones(2, 1), "group", group_ids=torch.tensor([0, 0]), group_std=True)
+    assert torch.equal(same, torch.zeros(2, 1))
+
+
+def test_group_baseline_over_multi_row_episodes() -> None:
+    # as the leave-one-out case above: A's returns [3, 3] then [2], B's [0.5]; the group mean of 3 and 0.5 is 1.75,
+    # lowered by 1 for A's second row
+    r, mask, dones = _rows([[0.0, 1.0], [2.0], [0.5]])
+    ro = Rollout(obs=None, actions=r, logprobs=r, rewards=r, mask=mask, dones=dones, group_ids=torch.tensor([0, 0, 0]),
+                 episode_ids=torch.tensor([0, 0, 1]))
+    adv = estimate_advantages(ro, "returns", 1.0, baseline="group", group_std=False).advantages
+    assert torch.allclose(adv, torch.tensor([[1.25, 1.25], [1.25, 0.0], [-1.25, 0.0]]))

@@ -1,8 +1,9 @@
 """Masked statistics against plain computations on the unpadded entries."""
 
+import pytest
 import torch
 
-from lmpo.core import Rollout, explained_variance, masked_mean, masked_var, masked_whiten
+from lmpo.core import Rollout, explained_variance, loss_weights, masked_mean, masked_var, masked_whiten
 
 
 def test_masked_stats_equal_unpadded() -> None:
@@ -39,3 +40,15 @@ def test_rollout_flatten_and_select() -> None:
     assert flat.group_ids is None
     sub = ro.select(torch.tensor([1]))
     assert sub.actions.tolist() == [[3, 4, 5]] and sub.group_ids is not None and sub.group_ids.tolist() == [0]
+
+
+def test_loss_weights_by_hand() -> None:
+    # two replies: 3 tokens of loss 1 and 1 token of loss 5
+    x = torch.tensor([[1.0, 1.0, 1.0], [5.0, 0.0, 0.0]])
+    mask = torch.tensor([[1.0, 1.0, 1.0], [1.0, 0.0, 0.0]])
+    agg = {how: float((x * loss_weights(mask, how)).sum()) for how in ("token_mean", "sequence_mean", "token_sum")}
+    assert agg["token_mean"] == pytest.approx(8 / 4)  # every token alike
+    assert agg["sequence_mean"] == pytest.approx((1 + 5) / 2)  # each reply's mean, then their mean
+    assert agg["token_sum"] == pytest.approx((3 + 5) / 2)  # each reply's sum, then their mean
+    with pytest.raises(ValueError, match="unknown loss aggregation"):
+        loss_weights(mask, "nonsense")  # type: ignore[arg-type]
