@@ -181,10 +181,17 @@ class AdvantageConfig(Section):
     )
     gamma: float = Field(0.99, ge=0.0, le=1.0, description="Discount factor.")
     gae_lambda: float = Field(0.95, ge=0.0, le=1.0, description="GAE lambda (bias/variance trade-off).")
-    baseline: Literal["none", "mean", "loo", "value"] = Field(
-        "value", description="Baseline subtracted from Monte-Carlo returns (ignored by GAE)."
-    )
+    baseline: Literal["none", "mean", "loo", "group", "value"] = Field(
+        "value", description="Baseline subtracted from Monte-Carlo returns (ignored by GAE): none, the batch mean, "
+        "leave-one-out over a prompt's samples (RLOO), their group mean (GRPO), or the learned value.")
+    group_std: bool = Field(True, description="baseline 'group': divide by the group's return std + 1e-4 (GRPO); "
+                            "false: Dr. GRPO's unscaled advantage.")
     whiten: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+
+    @property
+    def needs_value(self) -> bool:
+        """Whether these advantages read a learned value (GAE, or the value baseline): else no value is trained."""
+        return self.estimator == "gae" or self.baseline == "value"
 
 
 class AlgoBase(Section):
@@ -194,6 +201,9 @@ class AlgoBase(Section):
     ent_coef: float = Field(0.0, description="Entropy bonus weight.")
     max_grad_norm: float | None = Field(0.5, gt=0, description="Clip the global gradient norm (None: off).")
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
+    loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
+        "token_mean", description="How per-token policy losses add up: mean over the batch's tokens, mean per reply "
+        "then over replies (GRPO), or sum per reply then mean over replies (Dr. GRPO).")
 
 
 class ReinforceConfig(AlgoBase):
@@ -247,6 +257,14 @@ class RolloutConfig(Section):
                                   description="Episodes per environment per update ('episodes' mode).")
 
 
+class WandbSection(Section):
+    project: str = Field("lmpo", description="W&B project.")
+    entity: str | None = Field(None, description="W&B entity (team or user; None: your default).")
+    mode: Literal["offline", "online"] = Field("offline", description="'offline' writes to <run>/wandb without a "
+                                               "network (upload later with `wandb sync`); 'online' streams.")
+    tags: list[str] = Field(default_factory=list, description="W&B run tags.")
+
+
 class TrainConfig(Section):
     total_steps: int = Field(100_000, ge=1, le=10**12, description="Environment steps to train for.")
     eval_every: int = Field(10_000, ge=0, description="Evaluate every this many env steps (0: only at the end).")
@@ -262,6 +280,19 @@ class TrainConfig(Section):
         "1.5-1.8x faster); the GRU main job was slower (314 s vs 196 s; a PPO iteration 0.81 s vs 0.57 s). "
         "Time a short run first.")
     runs_dir: str = Field("runs", description="Parent directory of run directories.")
+    loggers: list[Literal["tensorboard", "wandb"]] = Field(
+        ["tensorboard"], description="Where metrics go besides metrics.jsonl (always written): TensorBoard "
+        "(<run>/tb) and/or Weights & Biases (pip install 'lmpo[wandb]'; settings in train.wandb).")
+    wandb: WandbSection = Field(default_factory=WandbSection)
+
+    @field_validator("loggers")
+    @classmethod
+    def _installed(cls, v: list[str]) -> list[str]:
+        import importlib.util
+
+        if "wandb" in v and importlib.util.find_spec("wandb") is None:
+            raise ValueError("wandb needs the wandb package: pip install 'lmpo[wandb]'")
+        return v
     progress: bool = Field(True, description="Show a live progress bar.")
 
 
@@ -326,16 +357,18 @@ class Config(Section):
             if self.text is None:
                 self.text = TextConfig()
             self._transformer_fits(self.text)
+            if self.algo.advantage.baseline in ("loo", "group") and self.text.samples_per_prompt < 2:
+                raise ValueError(f"algo.advantage.baseline {self.algo.advantage.baseline!r} compares a prompt's "
+                                 "samples with each other: text.samples_per_prompt must be at least 2")
             return self
         self._control_fits()
         adv = self.algo.advantage
-        needs_value = adv.estimator == "gae" or adv.baseline == "value"
-        if needs_value and self.policy.critic == "none":
+        if adv.needs_value and self.policy.critic == "none":
             raise ValueError("algo.advantage needs a value function but policy.critic is 'none'")
         if self.algo.name == "trpo" and self.policy.critic == "shared":
             raise ValueError("TRPO needs policy.critic 'separate' (value regression must not move the actor)")
-        if adv.baseline == "loo" and self.rollout.mode != "episodes":
-            raise ValueError("algo.advantage.baseline 'loo' needs rollout.mode 'episodes'")
+        if adv.baseline in ("loo", "group") and self.rollout.mode != "episodes":
+            raise ValueError(f"algo.advantage.baseline {adv.baseline!r} needs rollout.mode 'episodes'")
         if adv.estimator == "returns" and self.rollout.mode == "steps" and adv.baseline != "value":
             raise ValueError(
                 "Monte-Carlo returns in rollout.mode 'steps' cut episodes at the rollout's end; "

@@ -37,6 +37,7 @@ TEXT_PANELS = [  # text runs, training curves: (title, y label, keys); "rewards/
     ("turns and lookups", "turns / lookups per answer", ["charts/turns", "charts/turn_lookups"]),
 ]
 TEXT_EVAL_PANELS = [  # text runs, evaluations (greedy and sampled replies per split): (title, y label, metric)
+    ("evaluation: reward (x=0: before RL)", "mean reward per reply", "reward"),
     ("evaluation: satisfaction (x=0: before RL)", "share of replies", "satisfaction"),
     ("evaluation: task completion (x=0: before RL)", "share of replies", "completed"),
 ]
@@ -123,9 +124,10 @@ def eval_points(records: list[dict[str, Any]]) -> list[tuple[float, dict[str, An
 
 
 def splits_of(records: list[tuple[float, dict[str, Any]]]) -> list[str]:
-    """The evaluated splits (``eval/<split>_satisfaction``), train / heldout / heldout_phrasings first."""
-    found = {k[len("eval/"):-len("_satisfaction")] for _, r in records for k in r
-             if k.startswith("eval/") and k.endswith("_satisfaction") and not k.endswith("_sampled_satisfaction")}
+    """The evaluated splits (``eval/<split>_reward``), train / heldout / heldout_phrasings first."""
+    found = {k[len("eval/"):-len("_reward")] for _, r in records for k in r
+             if k.startswith("eval/") and k.endswith("_reward") and not k.endswith("_sampled_reward")
+             and "rewards/" not in k}
     return sorted(found, key=lambda s: (SPLIT_ORDER.index(s) if s in SPLIT_ORDER else len(SPLIT_ORDER), s))
 
 

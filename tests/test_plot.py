@@ -15,7 +15,8 @@ SPLITS = ["train", "heldout", "heldout_phrasings"]
 def _eval(value: float) -> dict[str, float]:
     out = {}
     for split in SPLITS:
-        for metric in ("satisfaction", "sampled_satisfaction", "completed", "sampled_completed", "kl_ref"):
+        for metric in ("reward", "sampled_reward", "satisfaction", "sampled_satisfaction", "completed",
+                       "sampled_completed", "kl_ref"):
             out[f"eval/{split}_{metric}"] = value
     return {**out, "eval/heldout_ppl": 2.0, "eval/mean_return": value}
 
@@ -58,7 +59,7 @@ def test_text_run_panels(text_run: Path) -> None:
     panels = _panels(text_run)
     assert list(panels) == [
         "reward", "satisfaction and success", "KL (to reference, per update)", "KL coefficient", "reply length",
-        "turns and lookups", "evaluation: satisfaction (x=0: before RL)",
+        "turns and lookups", "evaluation: reward (x=0: before RL)", "evaluation: satisfaction (x=0: before RL)",
         "evaluation: task completion (x=0: before RL)", "policy and value loss", "entropy"]
     assert {x for x, _, _ in panels.values()} == {"replies"}
     assert all(y for _, y, _ in panels.values())

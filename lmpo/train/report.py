@@ -14,6 +14,8 @@ if TYPE_CHECKING:
 
 SPLITS = {"train": "training examples", "heldout": "held-out", "heldout_phrasings": "held-out, held-out phrasings"}
 METRICS = [  # (label, key after "eval/<split>_", format)
+    ("mean reward per reply (greedy)", "reward", "{:.3f}"),
+    ("mean reward per reply (sampled)", "sampled_reward", "{:.3f}"),
     ("satisfaction (greedy)", "satisfaction", "{:.3f}"),
     ("satisfaction (sampled)", "sampled_satisfaction", "{:.3f}"),
     ("task completion (greedy)", "completed", "{:.3f}"),
@@ -21,12 +23,14 @@ METRICS = [  # (label, key after "eval/<split>_", format)
     ("answer accuracy (greedy)", "correct", "{:.3f}"),
     ("lookups per answer", "turn_lookups", "{:.2f}"),
     ("mean return per conversation", "return", "{:.3f}"),
-    ("mean reward per reply", "reward", "{:.3f}"),
     ("mean turns", "turns", "{:.2f}"),
     ("mean reply words", "words", "{:.1f}"),
-    ("mean reply tokens", "reply_tokens", "{:.1f}"),
-    ("distinct-2", "distinct2", "{:.3f}"),
+    ("mean reply tokens (greedy)", "reply_tokens", "{:.1f}"),
+    ("mean reply tokens (sampled)", "sampled_reply_tokens", "{:.1f}"),
+    ("distinct-2 (greedy)", "distinct2", "{:.3f}"),
+    ("distinct-2 (sampled)", "sampled_distinct2", "{:.3f}"),
     ("KL to reference (sampled, per token)", "kl_ref", "{:.4f}"),
+    ("reference perplexity of replies (sampled)", "sampled_ref_ppl", "{:.1f}"),
 ]
 GLOBAL = [("held-out perplexity", "eval/heldout_ppl", "{:.1f}")]
 
@@ -39,8 +43,8 @@ def _cell(fmt: str, value: float) -> str:
 
 def splits_of(columns: dict[str, dict[str, float]]) -> list[str]:
     """The splits evaluated, in the order the table shows them."""
-    found = {k.split("/", 1)[1].rsplit("_satisfaction", 1)[0] for c in columns.values() for k in c
-             if k.startswith("eval/") and k.endswith("_satisfaction") and "_sampled" not in k}
+    found = {k.split("/", 1)[1].rsplit("_reward", 1)[0] for c in columns.values() for k in c
+             if k.startswith("eval/") and k.endswith("_reward") and "_sampled" not in k and "rewards/" not in k}
     return sorted(found, key=lambda s: (list(SPLITS).index(s) if s in SPLITS else len(SPLITS), s))
 
 

@@ -56,6 +56,10 @@ class Task(Protocol):
         """Evaluation; ``report(part)`` is called as each part starts (for a progress display)."""
         ...
 
+    def samples(self) -> list[dict[str, Any]]:
+        """The last evaluation's sample completions with their rewards (logged as a table), if it has any."""
+        ...
+
     def state(self) -> bytes | None:
         """Everything needed to continue exactly (None when that cannot be saved)."""
         ...
@@ -114,6 +118,10 @@ class ControlTask:
         returns = evaluate_policy(policy, self.cfg.env.id, self.cfg.train.eval_episodes, seed=self.cfg.seed + 10_000,
                                   kwargs=self.cfg.env.kwargs)
         return {"eval/mean_return": float(returns.mean()), "eval/std_return": float(returns.std())}
+
+    def samples(self) -> list[dict[str, Any]]:
+        """Control episodes have no completions to show."""
+        return []
 
     def state(self) -> bytes | None:
         """The pickled collector: environments mid-episode included (subprocess envs cannot be pickled)."""

@@ -11,6 +11,7 @@ first state.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -62,13 +63,14 @@ class Played:
 class ConversationStats:
     """What happened in a batch of conversations (means over replies unless said otherwise)."""
 
-    satisfaction: float  # share of judged replies the user was satisfied with
+    satisfaction: float | None  # share of judged replies the user was satisfied with (None: no user judges)
     mean_reward: float  # mean total reward per reply
     mean_return: float  # mean total reward per conversation (what RL maximises, with gamma 1)
-    mean_turns: float  # judged replies per conversation
+    mean_turns: float  # judged replies per conversation (every reply where no user judges)
     mean_kl: float  # mean per-token KL to the reference
     mean_reply_tokens: float
-    extra: dict[str, float]  # environment-specific means (completion, accuracy, lookups, words) and reward parts
+    extra: dict[str, float]  # environment-specific means (completion, accuracy, lookups, words), reward parts, and
+    # ref_ppl: the reference's perplexity of the replies (with a reference), a sign of reward hacking when it grows
 
 
 class ConversationCollector:
@@ -122,8 +124,10 @@ class ConversationCollector:
 
     # ------------------------------------------------------------------------------- step 2. score
     def score_replies(self, replies: list[Reply]) -> None:
-        """The reward functions on every reply: the example's columns and the environment's info as fields."""
-        keys = sorted({k for r in replies for k in r.info} | {k for r in replies for k in self.examples[r.example]})
+        """The reward functions on every reply: the example's columns (but its private ``_`` ones) and the
+        environment's info as fields."""
+        keys = sorted({k for r in replies for k in r.info}
+                      | {k for r in replies for k in self.examples[r.example] if not k.startswith("_")})
         fields = {k: [r.info.get(k, self.examples[r.example].get(k)) for r in replies] for k in keys}
         totals, parts = self.score([r.user for r in replies], [r.text for r in replies], fields)
         for i, r in enumerate(replies):
@@ -166,11 +170,14 @@ class ConversationCollector:
                 extra[key] = float(np.mean(values))
         if "completed" in extra:  # per conversation: the goal reached by the end
             extra["completed"] = float(np.sum([r.info.get("completed") or 0.0 for r in replies]) / len(played.turns))
+        if self.reference is not None:  # exp of the mean negative log-likelihood per reply token under the reference
+            extra["ref_ppl"] = math.exp(min(-float((ref * rollout.mask).sum()) / max(n_tokens, 1.0), 700.0))
         return ConversationStats(
-            satisfaction=float(np.mean([v == 1.0 for v in verdicts])) if verdicts else 0.0,
+            satisfaction=float(np.mean([v == 1.0 for v in verdicts])) if verdicts else None,
             mean_reward=float(np.mean([r.reward for r in replies])),
             mean_return=float(np.sum([r.reward for r in replies]) / len(played.turns)),
-            mean_turns=len(verdicts) / len(played.turns), mean_kl=float(kl.sum()) / max(n_tokens, 1.0),
+            mean_turns=(len(verdicts) if verdicts else len(replies)) / len(played.turns),
+            mean_kl=float(kl.sum()) / max(n_tokens, 1.0),
             mean_reply_tokens=n_tokens / len(replies), extra=extra)
 
     def _pack(self, pad_id: int, rows: list[Reply], turns: list[int]) -> Rollout:

@@ -30,6 +30,7 @@ from lmpo.train.text import ConversationCollector, ConversationStats, Played
 
 HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
 PRETRAIN_DIR = "pretrain"  # pre-training's own checkpoint, inside the run directory
+SAMPLES_PER_SPLIT = 8  # greedy replies of each split an evaluation logs as samples
 
 
 def distinct_2(replies: list[str]) -> float:
@@ -40,9 +41,10 @@ def distinct_2(replies: list[str]) -> float:
 
 def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
     """A batch of conversations' statistics as metrics named ``<prefix>satisfaction`` and so on."""
-    out = {f"{prefix}satisfaction": stats.satisfaction, f"{prefix}reward": stats.mean_reward,
-           f"{prefix}return": stats.mean_return,
+    out = {f"{prefix}reward": stats.mean_reward, f"{prefix}return": stats.mean_return,
            f"{prefix}turns": stats.mean_turns, f"{prefix}reply_tokens": stats.mean_reply_tokens}
+    if stats.satisfaction is not None:
+        out[f"{prefix}satisfaction"] = stats.satisfaction
     # reward components keep their "rewards/" ("eval/heldout_rewards/satisfaction"): the satisfaction reward is a
     # mean verdict, not the share of satisfied replies that <prefix>satisfaction is
     out.update({f"{prefix}{k}": v for k, v in stats.extra.items()})
@@ -67,6 +69,7 @@ class TextTask:
         self.reference: LMPolicy | None = None
         self.collector: ConversationCollector | None = None
         self.eval_seed = cfg.seed  # the sampled evaluation's draws (lmpo eval --seed); the examples stay the run's
+        self._samples: list[dict[str, Any]] = []
         self.steps = 0
 
     def _reward_specs(self) -> list[dict[str, Any]]:
@@ -200,11 +203,12 @@ class TextTask:
         rollout, stats, _ = self.collector.collect(policy)
         self.steps += rollout.batch_size
         self.kl.update(stats.mean_kl, rollout.batch_size)
-        metrics = {"charts/satisfaction": stats.satisfaction, "charts/episode_return": stats.mean_return,
-                   "charts/reward_per_reply": stats.mean_reward,
+        metrics = {"charts/episode_return": stats.mean_return, "charts/reward_per_reply": stats.mean_reward,
                    "charts/turns": stats.mean_turns, "charts/kl_ref": stats.mean_kl, "charts/kl_coef": self.kl.value,
                    "charts/reply_tokens": stats.mean_reply_tokens}
         metrics.update({k if k.startswith("rewards/") else f"charts/{k}": v for k, v in stats.extra.items()})
+        if stats.satisfaction is not None:
+            metrics["charts/satisfaction"] = stats.satisfaction
         return rollout, metrics
 
     def after_update(self, policy: LMPolicy, rollout: Rollout) -> None:
@@ -230,9 +234,11 @@ class TextTask:
 
     @torch.no_grad()
     def evaluate(self, policy: LMPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:
-        """Per split: greedy conversations (satisfaction and the environment's measures, diversity), sampled ones
-        (satisfaction, KL to the reference); held-out perplexity. ``report(part)`` as each part starts."""
+        """Per split: greedy conversations (reward, satisfaction and the environment's measures, length, diversity),
+        sampled ones (the same, with the signs of reward hacking: KL to the reference and the reference's perplexity
+        of the replies); held-out perplexity. ``report(part)`` as each part starts."""
         out: dict[str, float] = {}
+        self._samples = []
         say = report or (lambda part: None)
         greedy = self.sampling.as_greedy()
         for split in self.env.eval_splits:
@@ -241,15 +247,18 @@ class TextTask:
                 continue
             say(f"greedy conversations, {len(examples)} {split}")
             _, stats, played = self.play(policy, examples, greedy)
+            self._samples += [{"split": split, "prompt": r.user, "completion": r.text, "reward": r.reward,
+                               **r.components} for r in played.replies[:SAMPLES_PER_SPLIT]]
             out.update(stats_metrics(f"eval/{split}_", stats))
             out[f"eval/{split}_distinct2"] = distinct_2([r.text for r in played.replies])
             say(f"sampled conversations, {self.t.eval_samples} per example, {len(examples)} {split}")
             devices = [self.device.index or 0] if self.device.type == "cuda" else []
             with torch.random.fork_rng(devices):  # the same draws at every evaluation; training's stream untouched
                 torch.manual_seed(self.eval_seed)
-                _, stats, _ = self.play(policy, examples, None, self.reference, self.t.eval_samples)
+                _, stats, played = self.play(policy, examples, None, self.reference, self.t.eval_samples)
             out.update({k: v for k, v in stats_metrics(f"eval/{split}_sampled_", stats).items()
-                        if not k.endswith(("_reply_tokens", "_turns"))})
+                        if not k.endswith("_turns")})
+            out[f"eval/{split}_sampled_distinct2"] = distinct_2([r.text for r in played.replies])
             if self.reference is not None:
                 out[f"eval/{split}_kl_ref"] = stats.mean_kl
         heldout = self.env.pretraining("heldout")
@@ -260,6 +269,10 @@ class TextTask:
             out["eval/kl_ref"] = out["eval/train_kl_ref"]
         out["eval/mean_return"] = out["eval/train_return"]
         return out
+
+    def samples(self) -> list[dict[str, Any]]:
+        """The last evaluation's first greedy replies of each split: prompt, completion, reward and its parts."""
+        return list(self._samples)
 
     # ---------------------------------------------------------------------------------- checkpoint
     def state(self) -> bytes | None:

@@ -151,7 +151,9 @@ class Trainer:
         kept = None
         if resume:
             kept = self.iteration if self.iteration > 0 else -1
-        self.logger = MetricsLogger(self.run_dir, kept, self.task.steps)
+        self.logger = MetricsLogger(self.run_dir, kept, self.task.steps, cfg.train.loggers, cfg.train.wandb,
+                                    cfg.model_dump(mode="json"))
+        self._samples: list[dict[str, Any]] = []  # the last evaluation's sample completions, logged with its record
 
     @property
     def elapsed(self) -> float:
@@ -190,7 +192,7 @@ class Trainer:
         before: dict[str, float] = {}
         if self.iteration == 0:  # a fresh run: where training starts from (after pre-training, for text)
             before = self.evaluate()
-            self.logger.log(0, {"iteration": 0, **self.prepare_metrics, **before})
+            self._log(0, {"iteration": 0, **self.prepare_metrics, **before})
         with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress) as bar:
             self._bar = bar
             while self.task.steps < total:
@@ -204,10 +206,10 @@ class Trainer:
                 # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
                 adv = cfg.algo.advantage
                 rollout = estimate_advantages(rollout, adv.estimator, adv.gamma, adv.gae_lambda, adv.baseline,
-                                              adv.whiten)
+                                              adv.whiten, adv.group_std)
                 self._check_advantages(rollout)
                 ev = float("nan")
-                if rollout.values is not None and rollout.returns is not None:
+                if adv.needs_value and rollout.values is not None and rollout.returns is not None:
                     ev = explained_variance(rollout.values, rollout.returns, rollout.mask)
                 if self.policy.markov:
                     rollout = rollout.flatten()
@@ -221,7 +223,7 @@ class Trainer:
                 dt = time.perf_counter() - t0
                 # step 6. log / evaluate / checkpoint
                 record = self._record({**stats, **metrics}, rollout.num_steps, dt, t1 - t0, ev)
-                self.logger.log(self.task.steps, record)
+                self._log(self.task.steps, record)
                 bar.update(self.task.steps, record.get("charts/episode_return"), self.last_eval)
                 if self.iteration % cfg.train.checkpoint_every == 0:
                     self.save()
@@ -231,9 +233,16 @@ class Trainer:
         self.task.finish(self.policy)
         final = self.evaluate()
         if not (self.logger.finished and self.iteration == start):  # a finished run resumed: recorded already
-            self.logger.log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
+            self._log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
                 "before": before, **final}
+
+    def _log(self, step: int, record: dict[str, Any]) -> None:
+        """One record to every sink, with the sample completions of the evaluation it holds."""
+        self.logger.log(step, record)
+        if self._samples:
+            self.logger.samples(step, record["iteration"], self._samples)
+            self._samples = []
 
     def _diverged(self, what: str, where: str = "") -> TrainingDiverged:
         saved = latest_checkpoint(self.ckpt_dir)
@@ -306,6 +315,7 @@ class Trainer:
                 with PhaseStatus("evaluate", enabled=self.cfg.train.progress) as status:
                     out = self.task.evaluate(self.policy, status.part)
         self.last_eval = out["eval/mean_return"]
+        self._samples = self.task.samples()
         self._eval_time += time.perf_counter() - start
         return out
 
