@@ -147,7 +147,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cfg = read_run_config(run_dir, overrides)
     else:
         cfg = load_recipe(*_config_and_overrides(args))
-        run_dir = claim_run_dir(cfg)
+        run_dir = claim_run_dir(cfg.train.runs_dir, cfg.name)
     print(f"run directory: {run_dir}")  # before pre-training, which may take minutes
     trainer = _start(cfg, run_dir, bool(args.resume))
     summary = trainer.train()
@@ -210,7 +210,7 @@ def _cmd_pretrain(args: argparse.Namespace) -> int:
     cfg = load_recipe(*_config_and_overrides(args))
     if not cfg.is_text:
         raise ConfigError(f"lmpo pretrain is for text environments, not {cfg.env.id}")
-    run_dir = claim_run_dir(cfg)
+    run_dir = claim_run_dir(cfg.train.runs_dir, cfg.name)
     print(f"run directory: {run_dir}")
     trainer = _start(cfg, run_dir, resume=False)  # pre-trains the model and saves it as the frozen reference
     try:
@@ -338,6 +338,21 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         return chat_loop(reply)
 
 
+def _cmd_train_rm(args: argparse.Namespace) -> int:
+    from lmpo.train.reward_model import run_train_rm
+
+    config, overrides = args.config, args.overrides
+    if config is not None and "=" in config and not Path(config).exists():  # only overrides of a resumed run
+        config, overrides = None, [config, *overrides]
+    builtin = resources.files("lmpo") / "configs" / "reward-models" / f"{config}.yaml"
+    if config is not None and not Path(config).exists() and builtin.is_file():  # a built-in reward-model recipe
+        config = str(builtin)
+    run_dir, summary = run_train_rm(config, overrides, args.resume)
+    print(f"held-out pairwise accuracy {summary['rm/heldout_accuracy']:.3f} (train {summary['rm/train_accuracy']:.3f})"
+          f"\nsaved: {run_dir} (use it as the reward {{name: model, path: {run_dir}}})")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from lmpo.plot import plot_run
 
@@ -362,6 +377,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", nargs="?", help=recipe_help)
     p.add_argument("overrides", nargs="*", help="dotted overrides such as text.pretrain.epochs=4")
     p.set_defaults(fn=_cmd_pretrain)
+    p = sub.add_parser("train-rm", help="train a reward model on preference pairs (Bradley-Terry)")
+    p.add_argument("config", nargs="?", help="YAML reward-model recipe, or a built-in one's name (chatbot)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides such as train.epochs=8")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue the reward-model run in RUN_DIR")
+    p.set_defaults(fn=_cmd_train_rm)
     p = sub.add_parser("chat", help="talk to a trained dialogue model in the terminal")
     p.add_argument("run_dir")
     p.add_argument("--temperature", type=float, default=0.7, help="sampling temperature (0: greedy)")

@@ -167,9 +167,12 @@ class TextConfig(Section):
             if not v:
                 raise ValueError("name at least one reward (or leave text.rewards out for the environment's own)")
             # a RewardError (a ValueError) names the problem; a reward file that is not here is checked where the run
-            # is built (a moved run reads its own copy of it)
+            # is built (a moved run reads its own copy of it), and so is a reward model not trained yet (a recipe
+            # names the directory lmpo train-rm will write)
             here = [r for r in v if not (".py:" in str(r.get("name")) and not Path(str(r["name"]).rpartition(":")[0])
-                                         .is_file())]
+                                         .is_file())
+                    and not (r.get("name") == "model" and isinstance(r.get("path"), str)
+                             and not Path(r["path"]).expanduser().exists())]
             if here:
                 WeightedReward.from_specs(here)
         return v
@@ -377,7 +380,7 @@ class Config(Section):
         return self
 
 
-def _format_error(e: ValidationError, prefix: str = "") -> str:
+def format_error(e: ValidationError, prefix: str = "") -> str:
     """One line per problem: ``where: what``."""
     parts = []
     for err in e.errors():
@@ -446,7 +449,7 @@ def build_config(data: dict[str, Any]) -> Config:
     try:
         cfg = Config.model_validate(data)
     except ValidationError as e:
-        raise ConfigError(f"invalid config: {_format_error(e)}") from None
+        raise ConfigError(f"invalid config: {format_error(e)}") from None
     from lmpo.envs.text import text_env
 
     family = text_env(cfg.env.id)
@@ -454,33 +457,35 @@ def build_config(data: dict[str, Any]) -> Config:
         try:
             family.Settings.model_validate(cfg.env.kwargs)
         except ValidationError as e:
-            raise ConfigError(f"invalid config: {_format_error(e, 'env.kwargs.')}") from None
+            raise ConfigError(f"invalid config: {format_error(e, 'env.kwargs.')}") from None
     return cfg
 
 
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
     """Read a YAML recipe (or start from the defaults when ``path`` is None) and apply overrides."""
-    data: dict[str, Any] = {}
-    if path is not None:
-        p = Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}" if not p.exists() else f"{p} is not a file")
-        try:
-            loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
-        except OSError as e:
-            raise ConfigError(f"cannot read {p}: {e.strerror}") from None
-        except UnicodeDecodeError as e:
-            raise ConfigError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
-        except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting thousands deep
-            raise ConfigError(f"{p}: a value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
-        except yaml.YAMLError as e:
-            mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or "unreadable"
-            where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{where}: not valid YAML ({problem})") from None
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{p}: the top level must be a mapping of sections")
-        data = loaded or {}
-    return build_config(apply_overrides(data, overrides or []))
+    return build_config(apply_overrides(read_yaml(path) if path is not None else {}, overrides or []))
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    """A YAML recipe's mapping of sections; a missing, unreadable or malformed file is one ``ConfigError`` line."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"config file not found: {p}" if not p.exists() else f"{p} is not a file")
+    try:
+        loaded = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"cannot read {p}: {e.strerror}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(f"{p} is not UTF-8 text ({e.reason} at byte {e.start})") from None
+    except (ValueError, RecursionError) as e:  # an integer of thousands of digits, nesting thousands deep
+        raise ConfigError(f"{p}: a value cannot be read ({type(e).__name__}: {str(e)[:80]})") from None
+    except yaml.YAMLError as e:
+        mark, problem = getattr(e, "problem_mark", None), getattr(e, "problem", None) or "unreadable"
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        raise ConfigError(f"{p}{where}: not valid YAML ({problem})") from None
+    if loaded is not None and not isinstance(loaded, dict):
+        raise ConfigError(f"{p}: the top level must be a mapping of sections")
+    return loaded or {}
 
 
 def reference_markdown() -> str:

@@ -26,7 +26,7 @@ F = TypeVar("F", bound=Callable[..., Any])
 Check = Callable[[str, dict[str, Any]], object]  # check(reward name, settings); raises a one-line RewardError
 
 
-def _add_check(fn: F, check: Check) -> F:
+def add_check(fn: F, check: Check) -> F:
     """Append ``check`` to the checks ``WeightedReward.from_specs`` runs on ``fn``."""
     fn.checks = (*getattr(fn, "checks", ()), check)  # type: ignore[attr-defined]
     return fn
@@ -55,7 +55,7 @@ VADER = Extra("vaderSentiment.vaderSentiment", "vaderSentiment", "sentiment")
 
 def requires(extra: Extra) -> Callable[[F], F]:
     """Mark a reward as importing ``extra``'s module, so building it from a config checks the module is there."""
-    return lambda fn: _add_check(fn, lambda name, _settings: extra.load(name))
+    return lambda fn: add_check(fn, lambda name, _settings: extra.load(name))
 
 
 def checks_settings(fn: F) -> F:
@@ -68,7 +68,7 @@ def checks_settings(fn: F) -> F:
         except (TypeError, ValueError) as exc:
             raise RewardError(f"reward {name!r}: {exc}") from None
 
-    return _add_check(fn, check)
+    return add_check(fn, check)
 
 
 # ------------------------------------------------------------------------------------------ references

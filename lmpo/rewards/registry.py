@@ -234,4 +234,4 @@ def _describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {message}" if message else type(exc).__name__
 
 
-from lmpo.rewards import builtin, library  # noqa: E402, F401  (register the built-in rewards; import register_reward above)
+from lmpo.rewards import builtin, library, model  # noqa: E402, F401  (register the built-ins; they import this module)

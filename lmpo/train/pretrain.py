@@ -148,7 +148,7 @@ def _first_line(e: BaseException) -> str:
 
 
 @dataclass
-class _Position:
+class Position:
     """Where pre-training stands: ``step`` batches of ``epoch`` done, the last one's ``loss``, and ``epoch_rng`` the
     order generator's state before that epoch's order was drawn (a resumed run draws the same order from it)."""
 
@@ -158,14 +158,16 @@ class _Position:
     loss: float
 
 
-class _Saver:
-    """Pre-training's state in ``directory``: ``state.pt`` (weights, optimiser, schedule, position, torch RNGs),
-    replaced whole at every save, and ``metrics.json`` once finished. The settings are saved with the state: a
-    state from other settings or other data would not continue the same run."""
+class StateSaver:
+    """A supervised training's state in ``directory`` (pre-training, reward-model training): ``state.pt`` (weights,
+    optimiser, schedule, position, torch RNGs), replaced whole at every save, and ``metrics.json`` once finished.
+    ``settings`` are saved with the state: a state from other settings or other data would not continue the same
+    run."""
 
-    def __init__(self, directory: Path, cfg: PretrainConfig, n_examples: int) -> None:
+    def __init__(self, directory: Path, settings: dict[str, Any], what: str = "pre-training") -> None:
         self.dir = directory
-        self.settings = {"config": asdict(cfg), "examples": n_examples}
+        self.settings, self.what = settings, what
+        self.restart = f"delete it to restart {what}"
         self.saved_at = time.monotonic()
 
     def exists(self) -> bool:
@@ -176,14 +178,14 @@ class _Saver:
         """Whether ``every_s`` seconds have passed since the last save."""
         return time.monotonic() - self.saved_at >= every_s
 
-    def save(self, at: _Position, policy: LMPolicy, opt: torch.optim.Optimizer,
+    def save(self, at: Position, policy: torch.nn.Module, opt: torch.optim.Optimizer,
              sched: torch.optim.lr_scheduler.LRScheduler) -> None:
         """Write the state at ``at`` (weights copied: parameters may be views of one shared buffer)."""
         weights = {k: v.detach().to("cpu", copy=True) for k, v in policy.state_dict().items()}
         bad = first_non_finite(weights)
         if bad is not None:  # a finite loss, then a step to inf: never saved, never resumed from
-            raise TrainingDiverged(f"pre-training step {at.step} of epoch {at.epoch + 1}: parameter {bad} is not "
-                                   "finite (NaN or inf); pre-training stopped, no reference model was written")
+            raise TrainingDiverged(f"{self.what} step {at.step} of epoch {at.epoch + 1}: parameter {bad} is not "
+                                   f"finite (NaN or inf); {self.what} stopped, no model was written")
         state = {"settings": self.settings, "epoch": at.epoch, "step": at.step, "epoch_rng": dict(at.epoch_rng),
                  "loss": at.loss, "weights": weights, "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
                  "torch_rng": torch.get_rng_state(),
@@ -194,22 +196,22 @@ class _Saver:
         write_atomic(self.dir / STATE_FILE, buf.getvalue())
         self.saved_at = time.monotonic()  # the interval runs from the end of a save: saving takes at most its share
 
-    def restore(self, policy: LMPolicy, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
-                rng: np.random.Generator) -> _Position:
+    def restore(self, policy: torch.nn.Module, opt: torch.optim.Optimizer, sched: torch.optim.lr_scheduler.LRScheduler,
+                rng: np.random.Generator) -> Position:
         """Load the saved weights, optimiser, schedule and RNGs; ``rng`` is set back to the saved epoch's start."""
         path = self.dir / STATE_FILE
         try:  # the file is replaced whole, so a failure here is a disk's or a person's doing
             state = torch.load(path, map_location="cpu", weights_only=True)
-            at = _Position(state["epoch"], state["step"], state["epoch_rng"], state["loss"])
+            at = Position(state["epoch"], state["step"], state["epoch_rng"], state["loss"])
             settings, weights = state["settings"], state["weights"]
         except Exception as e:
-            raise ConfigError(f"{path} is damaged ({_first_line(e)}); {_RESTART}") from None
+            raise ConfigError(f"{path} is damaged ({_first_line(e)}); {self.restart}") from None
         if settings != self.settings:
-            raise ConfigError(f"{path} was saved by a pre-training with other settings or data; {_RESTART}")
+            raise ConfigError(f"{path} was saved by a {self.what} with other settings or data; {self.restart}")
         try:
             policy.load_state_dict(weights)
         except RuntimeError as e:
-            raise ConfigError(f"{path} holds another model's weights ({_first_line(e)}); {_RESTART}") from None
+            raise ConfigError(f"{path} holds another model's weights ({_first_line(e)}); {self.restart}") from None
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         torch.set_rng_state(state["torch_rng"])
@@ -244,8 +246,9 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
     steps_per_epoch = math.ceil(len(examples) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, cfg.lr, total_steps=cfg.epochs * steps_per_epoch)
     policy.train()
-    saver = None if checkpoint_dir is None else _Saver(checkpoint_dir, cfg, len(examples))
-    fresh = _Position(0, 0, {}, 0.0)  # its epoch_rng is never saved: a save follows a step
+    saver = None if checkpoint_dir is None else StateSaver(checkpoint_dir, {"config": asdict(cfg),
+                                                                             "examples": len(examples)})
+    fresh = Position(0, 0, {}, 0.0)  # its epoch_rng is never saved: a save follows a step
     at = saver.restore(policy, opt, sched, rng) if saver and saver.exists() else fresh
     done = finished_metrics(checkpoint_dir) if checkpoint_dir is not None else None
     if done is not None:
@@ -266,7 +269,7 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
                 opt.step()
                 sched.step()
-                at = _Position(epoch, step, epoch_rng, float(loss.detach()))
+                at = Position(epoch, step, epoch_rng, float(loss.detach()))
                 if not math.isfinite(at.loss):
                     raise TrainingDiverged(f"pre-training step {step} of epoch {epoch + 1}: the loss is not finite "
                                            "(NaN or inf); pre-training stopped, no reference model was written")

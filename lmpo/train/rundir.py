@@ -12,7 +12,7 @@ import contextlib
 import os
 from pathlib import Path
 
-from lmpo.config import Config, ConfigError
+from lmpo.config import ConfigError
 
 try:
     import fcntl
@@ -26,21 +26,21 @@ def _io_error(what: str, path: Path, e: OSError) -> ConfigError:
     return ConfigError(f"cannot {what} {path}: {e.strerror or e}")
 
 
-def claim_run_dir(cfg: Config) -> Path:
+def claim_run_dir(runs_dir: str | Path, name: str) -> Path:
     """Create ``<runs_dir>/<name>`` (or ``<name>-N``, the first that does not exist) exclusively: nothing is
     shared with or overwritten from another run, finished or live."""
-    runs = Path(cfg.train.runs_dir)
+    runs = Path(runs_dir)
     try:
         runs.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise _io_error("create train.runs_dir", runs, e) from None
-    path, n = runs / cfg.name, 1
+    path, n = runs / name, 1
     while True:
         try:
             path.mkdir()
             return path
         except FileExistsError:
-            path, n = runs / f"{cfg.name}-{n}", n + 1
+            path, n = runs / f"{name}-{n}", n + 1
         except OSError as e:
             raise _io_error("create the run directory", path, e) from None
 

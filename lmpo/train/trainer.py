@@ -85,7 +85,7 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir if run_dir is not None else claim_run_dir(cfg)
+        self.run_dir = run_dir if run_dir is not None else claim_run_dir(cfg.train.runs_dir, cfg.name)
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:

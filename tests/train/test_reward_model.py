@@ -1,0 +1,112 @@
+"""``lmpo train-rm``: the Bradley-Terry loss orders held-out pairs; the result is a reward (``{name: model}``) for
+lmpo's own language models and for a Hugging Face sequence classifier; a killed run resumes bit-exact."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from lmpo.cli import main
+from lmpo.rewards.registry import RewardError, WeightedReward
+from lmpo.train.logging import read_metrics
+
+TOPICS = ["the weather", "football", "music", "my order", "a refund", "the train", "pizza", "the museum", "a hotel",
+          "the bank", "my phone", "a taxi", "the beach", "a concert", "the library", "chess", "a doctor", "the news",
+          "a bicycle", "my garden", "the market", "a movie", "the airport", "my laptop", "a recipe", "the zoo",
+          "a holiday", "the gym", "my car", "a painting", "the theatre", "a wedding", "the forest", "my keys"]
+TINY = ["model.kind=transformer", "model.n_layer=1", "model.n_head=2", "model.d_model=32", "model.vocab_size=300",
+        "model.max_len=64", "model.dropout=0.0", "train.batch_size=16", "train.lr=0.003", "train.progress=false",
+        "data.heldout_fraction=0.25"]
+
+
+def _pairs(path: Path) -> Path:
+    """Polite, helpful replies preferred to curt ones, about many topics."""
+    rows = [{"prompt": f"Tell me about {t}.", "chosen": f"Thank you for asking! Happy to tell you about {t}.",
+             "rejected": f"No. I will not talk about {t}."} for t in TOPICS]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def _train_rm(tmp_path: Path, name: str, *overrides: str) -> Path:
+    pairs = _pairs(tmp_path / "pairs.jsonl")
+    assert main(["train-rm", f"data.pairs={pairs}", f"train.runs_dir={tmp_path}", f"name={name}", *TINY,
+                 *overrides]) == 0
+    return tmp_path / name
+
+
+def test_bradley_terry_orders_heldout_pairs_and_scores_as_a_reward(tmp_path: Path,
+                                                                    capsys: pytest.CaptureFixture[str]) -> None:
+    run = _train_rm(tmp_path, "rm", "train.epochs=6")
+    records = read_metrics(run)
+    assert [r["iteration"] for r in records] == list(range(1, 7))
+    assert records[-1]["rm/heldout_accuracy"] >= 0.95 and records[-1]["rm/heldout_loss"] < records[0]["rm/heldout_loss"]
+    assert "held-out pairwise accuracy" in capsys.readouterr().out
+    reward = WeightedReward.from_specs([{"name": "model", "path": str(run)}])
+    prompts = ["Tell me about the stars.", "Tell me about a cake."]  # topics it never saw
+    totals, _ = reward(prompts * 2, ["Thank you for asking! Happy to tell you about the stars.",
+                                     "Thank you for asking! Happy to tell you about a cake.",
+                                     "No. I will not talk about the stars.", "No. I will not talk about a cake."], {})
+    assert min(totals[:2]) > max(totals[2:])
+
+
+def test_hugging_face_sequence_classifiers(tmp_path: Path) -> None:
+    from transformers import GPT2Config, GPT2ForSequenceClassification
+
+    from tests.conftest import gpt2_style_tokenizer
+
+    base = tmp_path / "classifier"
+    tok = gpt2_style_tokenizer([f"Tell me about {t}. Thank you for asking! No. I will not talk" for t in TOPICS])
+    GPT2ForSequenceClassification(GPT2Config(vocab_size=len(tok), n_positions=64, n_embd=32, n_layer=1, n_head=2,
+                                             num_labels=1)).save_pretrained(base)
+    tok.save_pretrained(base)
+    # a save_pretrained sequence classifier is a reward as it is (here untrained)
+    WeightedReward.from_specs([{"name": "model", "path": str(base)}])
+    run = _train_rm(tmp_path, "hf", "model.kind=hf", f"model.path={base}", "train.epochs=8")
+    assert read_metrics(run)[-1]["rm/heldout_accuracy"] >= 0.9
+    assert (run / "hf" / "config.json").is_file()
+    scores, _ = WeightedReward.from_specs([{"name": "model", "path": str(run)}])(
+        ["Tell me about the stars."] * 2, ["Thank you for asking! Happy to tell you about the stars.",
+                                           "No. I will not talk about the stars."], {})
+    assert scores[0] > scores[1]
+
+
+def test_a_reward_model_path_that_is_not_one_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(RewardError, match="is not a reward model"):
+        WeightedReward.from_specs([{"name": "model", "path": str(tmp_path)}])
+    with pytest.raises(RewardError, match="needs a path"):
+        WeightedReward.from_specs([{"name": "model"}])
+
+
+def test_a_killed_train_rm_resumes_bit_exact(tmp_path: Path) -> None:
+    common = ["train.epochs=6", "train.checkpoint_every_s=0.01", "model.dropout=0.1"]
+    straight = _train_rm(tmp_path, "straight", *common)
+    proc = subprocess.Popen([sys.executable, "-m", "lmpo.cli", "train-rm", f"data.pairs={tmp_path / 'pairs.jsonl'}",
+                             f"train.runs_dir={tmp_path}", "name=killed", *TINY, *common],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    state = tmp_path / "killed" / "state" / "state.pt"
+    while not state.is_file() or torch.load(state, weights_only=True)["epoch"] < 2:
+        assert proc.poll() is None, f"train-rm ended before the kill: {proc.stderr.read() if proc.stderr else ''}"
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (tmp_path / "killed" / "reward_model.safetensors").exists()
+    assert main(["train-rm", "--resume", str(tmp_path / "killed")]) == 0
+    a, b = load_file(straight / "reward_model.safetensors"), load_file(tmp_path / "killed" / "reward_model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert [r["rm/heldout_accuracy"] for r in read_metrics(straight)] == [
+        r["rm/heldout_accuracy"] for r in read_metrics(tmp_path / "killed")]
+
+
+def test_builtin_reward_model_recipes_are_valid() -> None:
+    from lmpo.train.reward_model import load_rm_config
+
+    recipes = sorted((Path(__file__).resolve().parents[2] / "lmpo" / "configs" / "reward-models").glob("*.yaml"))
+    assert recipes
+    for recipe in recipes:
+        assert load_rm_config(recipe).name == f"{recipe.stem}-rm"
