@@ -279,7 +279,7 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
     """The bot of a text run: its next turn after a history, sampled as the command line says; a tool call (a
     Support bot's lookup) is answered by the run's environment and the bot goes on, as in training."""
     from lmpo.api import load_run
-    from lmpo.data import Turn, decode_reply, encode_prompt
+    from lmpo.data import Turn, decode_reply
     from lmpo.policies import SamplingConfig, generate
     from lmpo.policies.generation import left_pad
 
@@ -307,7 +307,7 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
     def reply(history: list[Turn]) -> list[Turn]:
         turns: list[Turn] = []
         for _ in range(MAX_TOOL_CALLS + 1):
-            prompt = encode_prompt(tokenizer, history + turns, context)  # the last `context` tokens
+            prompt = task.chat.prompt(history + turns)[-context:]  # the last `context` tokens
             gen = generate(policy, left_pad([prompt], policy.pad_id, device), sampling)
             turns.append(Turn("assistant", decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())))
             result = task.env.tool(turns[-1].content)

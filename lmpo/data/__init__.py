@@ -1,5 +1,6 @@
 """Dialogue data: corpora, the train/held-out split, the tokenizer and the chat format."""
 
+from lmpo.data.chat import ChatFormat, LmpoFormat, TemplateFormat, chat_format
 from lmpo.data.corpus import (
     CorpusError,
     Dialogue,
@@ -19,17 +20,22 @@ from lmpo.data.tokenizer import (
     encode_dialogue,
     encode_prompt,
     load_tokenizer,
+    prepare_model_tokenizer,
     train_tokenizer,
 )
 
 __all__ = [
     "CHAT_TEMPLATE",
     "SPECIAL_TOKENS",
+    "ChatFormat",
     "CorpusError",
     "Dialogue",
     "EncodedDialogue",
+    "LmpoFormat",
+    "TemplateFormat",
     "Turn",
     "add_chat_tokens",
+    "chat_format",
     "check_chat_tokenizer",
     "decode_reply",
     "dialogue_texts",
@@ -38,6 +44,7 @@ __all__ = [
     "load_chatterbot",
     "load_jsonl",
     "load_tokenizer",
+    "prepare_model_tokenizer",
     "split_dialogues",
     "train_tokenizer",
 ]

@@ -93,9 +93,31 @@ def add_chat_tokens(tok: PreTrainedTokenizerBase) -> list[str]:
     return [t for t in tok.get_vocab() if t not in before]
 
 
+def prepare_model_tokenizer(tok: PreTrainedTokenizerBase) -> list[str]:
+    """A pretrained model's tokenizer made ready for lmpo; returns the tokens added (resize the embeddings after).
+
+    With a chat template of its own it is used as it is (``lmpo.data.chat.TemplateFormat``): it only needs a pad
+    distinct from eos, its unk token when it has one, else a ``<pad>`` of its own. Without one it gets lmpo's chat
+    format and tokens (``add_chat_tokens``)."""
+    if getattr(tok, "chat_template", None) in (None, CHAT_TEMPLATE):
+        return add_chat_tokens(tok)
+    if tok.pad_token is not None and tok.pad_token_id != tok.eos_token_id:
+        return []
+    if tok.unk_token is not None and tok.unk_token_id != tok.eos_token_id:
+        tok.pad_token = tok.unk_token
+        return []
+    add_pad_token(tok)
+    return [PAD]
+
+
 def check_chat_tokenizer(tok: PreTrainedTokenizerBase, name: str = "tokenizer") -> None:
     """Raise ``ValueError`` unless ``tok`` has the user and assistant role tokens and distinct pad, bos and eos
-    tokens (``<|tool|>`` is needed only where a tool answers: a tokenizer made before it existed still chats)."""
+    tokens (``<|tool|>`` is needed only where a tool answers: a tokenizer made before it existed still chats); one
+    with a chat template of its own needs only a pad distinct from its eos."""
+    if getattr(tok, "chat_template", None) not in (None, CHAT_TEMPLATE):
+        if tok.pad_token is None or tok.pad_token_id == tok.eos_token_id:
+            raise ValueError(f"{name} needs a pad token distinct from its eos (lmpo.data.prepare_model_tokenizer)")
+        return
     missing = [t for t in (USER, ASSISTANT) if t not in tok.get_vocab()]
     missing += [f"{k} token" for k in ("pad", "bos", "eos") if getattr(tok, f"{k}_token") is None]
     if missing:

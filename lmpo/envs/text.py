@@ -14,7 +14,7 @@ Gymnasium one (``TokenTextEnv``).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Protocol
@@ -23,8 +23,9 @@ import gymnasium as gym
 import numpy as np
 
 from lmpo.config import Section
+from lmpo.data.chat import chat_format
 from lmpo.data.corpus import Dialogue, Turn
-from lmpo.data.tokenizer import decode_reply, encode_dialogue, token_id
+from lmpo.data.tokenizer import decode_reply
 
 Example = dict[str, Any]
 
@@ -110,13 +111,6 @@ def text_env(env_id: str) -> type[TextEnvironment] | None:
     return _REGISTRY.get(env_id)
 
 
-def context_ids(tokenizer: Any, turns: Sequence[Turn], start: bool = False) -> list[int]:
-    """Ids of the turns an environment adds (encoded as context), then ``<|assistant|>``: the reply follows.
-    ``<bos>`` only at the start of a conversation."""
-    ids = encode_dialogue(tokenizer, turns).ids
-    return (ids if start else ids[1:]) + [token_id(tokenizer, "<|assistant|>")]
-
-
 class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
     """The Gymnasium face of a text environment: one token per ``step`` (``Discrete(vocab)``); the observation is
     the conversation's token ids so far in lmpo's chat format, right-padded to ``max_len``. A reply ends at
@@ -130,6 +124,8 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
         self.data = family.examples(split)
         self.max_reply_tokens, self.max_len = max_reply_tokens, max_len
         self.pad_id, self.eos_id = int(tokenizer.pad_token_id), int(tokenizer.eos_token_id)
+        self.chat = chat_format(tokenizer)
+        self.history: list[Turn] = []
         vocab = len(tokenizer)
         self.action_space = gym.spaces.Discrete(vocab)
         self.observation_space = gym.spaces.Box(0, vocab - 1, shape=(max_len,), dtype=np.int64)
@@ -153,7 +149,8 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
             index = int(self.np_random.integers(len(self.data)))
         self.conv = self.family.conversation()
         opening = self.conv.reset(self.data[index])
-        self.ids, self.reply, self.done = context_ids(self.tokenizer, opening, start=True), [], False
+        self.ids, self.reply, self.done = self.chat.opening(opening), [], False
+        self.history = list(opening)
         return self._obs(), {"turns": [t.content for t in opening]}
 
     def step(self, action: np.int64) -> tuple[np.ndarray, float, bool, bool, dict[str, Any]]:
@@ -169,10 +166,9 @@ class TokenTextEnv(gym.Env[np.ndarray, np.int64]):
             reward, terminated = float(self.reward(out.info)), out.done
             info = {"reply": text, **out.info}
             # token in, token out: the sampled ids stay as they are; an unfinished reply is closed with <eos>
-            self.ids += self.reply + ([] if self.reply[-1] == self.eos_id else [self.eos_id])
+            self.ids += self.reply + self.chat.continuation(self.history, self.reply, [] if out.done else out.turns)
+            self.history += [Turn("assistant", text), *([] if out.done else out.turns)]
             self.reply = []
-            if not out.done:
-                self.ids += context_ids(self.tokenizer, out.turns)
             self.done = terminated
         truncated = not terminated and len(self.ids) + len(self.reply) >= self.max_len
         self.done = self.done or truncated

@@ -44,8 +44,8 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
              stop: Callable[[list[int]], bool] | None = None, use_cache: bool = True) -> Generation:
     """Sample replies to left-padded ``prompts (B, P)`` from an ``LMPolicy``.
 
-    A row ends at ``<eos>``, when ``stop(tokens_so_far)`` says so (stop strings), or after
-    ``max_new_tokens``. ``use_cache=False`` re-runs the whole sequence every step (for tests).
+    A row ends at ``<eos>`` (or another of the policy's ``stop_ids``), when ``stop(tokens_so_far)`` says so
+    (stop strings), or after ``max_new_tokens``. ``use_cache=False`` re-runs the whole sequence every step (for tests).
     """
     cfg = settings or policy.sampling
     b = prompts.shape[0]
@@ -55,10 +55,11 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
     logprobs = torch.zeros(b, cfg.max_new_tokens, device=device)
     values = torch.zeros(b, cfg.max_new_tokens, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
+    stop_ids = torch.tensor(policy.stop_ids, device=device)
     with policy._no_dropout():
         logits, hidden, cache = policy.body(ids, mask, keep=1)
         for t in range(cfg.max_new_tokens):
-            logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.eos_id)  # (B, V)
+            logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.stop_ids)  # (B, V)
             if cfg.greedy:
                 tok = logp.argmax(-1)
             else:
@@ -67,7 +68,7 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
             tokens[:, t] = tok
             logprobs[:, t] = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
             values[:, t] = policy.value_head(hidden[:, -1]).squeeze(-1).masked_fill(done, 0.0)
-            done = done | (tok == policy.eos_id)
+            done = done | ((tok == policy.eos_id) if len(policy.stop_ids) == 1 else torch.isin(tok, stop_ids))
             if stop is not None:
                 for i in torch.nonzero(~done).flatten().tolist():
                     done[i] = stop(tokens[i, : t + 1].tolist())

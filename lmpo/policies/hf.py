@@ -98,12 +98,13 @@ class HFCausalLM(nn.Module):
 
 
 def load_hf_body(name_or_path: str | Path, vocab_size: int | None = None, **kwargs: Any) -> HFCausalLM:
-    """``AutoModelForCausalLM.from_pretrained`` as an lmpo body; embeddings resized to ``vocab_size`` when the
-    tokenizer gained tokens (the pretrained rows stay as they are)."""
+    """``AutoModelForCausalLM.from_pretrained`` as an lmpo body; embeddings resized to ``vocab_size`` only when the
+    tokenizer has more tokens than the model has rows (it gained some; the pretrained rows stay as they are): a
+    model whose rows are padded beyond its tokenizer keeps them."""
     from transformers import AutoModelForCausalLM
 
     model = AutoModelForCausalLM.from_pretrained(str(name_or_path), **kwargs)
-    if vocab_size is not None and vocab_size != model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
+    if vocab_size is not None and vocab_size > model.get_input_embeddings().weight.shape[0]:  # type: ignore[index]
         model.resize_token_embeddings(vocab_size)
     return HFCausalLM(model)
 

@@ -8,7 +8,7 @@ from the ids. The value of response position ``t`` is read from the hidden state
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -46,13 +46,16 @@ class LMPolicy(nn.Module):
     markov = False
     has_value = True
 
-    def __init__(self, body: nn.Module, pad_id: int, eos_id: int, sampling: SamplingConfig | None = None) -> None:
+    def __init__(self, body: nn.Module, pad_id: int, eos_id: int, sampling: SamplingConfig | None = None,
+                 stop_ids: Sequence[int] = ()) -> None:
         super().__init__()
         self.body = body
         self.value_head = nn.Linear(int(body.hidden_size), 1)  # type: ignore[arg-type]
         nn.init.zeros_(self.value_head.weight)
         nn.init.zeros_(self.value_head.bias)
         self.pad_id, self.eos_id = pad_id, eos_id
+        # every id that ends a reply: eos, and a chat template's end-of-turn tokens (a generation config's eos ids)
+        self.stop_ids: tuple[int, ...] = tuple(dict.fromkeys([eos_id, *stop_ids]))
         self.sampling = sampling or SamplingConfig()
 
     @contextlib.contextmanager
@@ -81,7 +84,7 @@ class LMPolicy(nn.Module):
         with self._no_dropout():
             logits, hidden, _ = self.body(ids, mask, keep=keep)  # (N, V)
         steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)[real]  # (N,) reply position
-        logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.eos_id)
+        logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.stop_ids)
         values = self.value_head(hidden[:, p - 1:]).squeeze(-1).float()  # (B, T), float32 under autocast too
         return logp, values, real
 

@@ -7,6 +7,7 @@ that of exactly the distribution it was drawn from (after temperature, top-k, to
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
@@ -42,10 +43,12 @@ class SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens)
 
 
-def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, pad_id: int, eos_id: int) -> Tensor:
+def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, pad_id: int,
+                      eos_id: int | Sequence[int]) -> Tensor:
     """Log-probabilities ``(..., V)`` of the sampling distribution at response position ``step``.
 
-    ``pad`` is never emitted; ``eos`` is banned while ``step < min_new_tokens``; then temperature,
+    ``pad`` is never emitted; ``eos`` (one id, or every id that ends a reply) is banned while
+    ``step < min_new_tokens``; then temperature,
     top-k and top-p filter; epsilon mixes in the uniform distribution over the allowed tokens.
     Greedy settings (temperature 0) score with temperature 1 (the mode is what is taken).
     """
@@ -57,13 +60,17 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
     vocab = x.shape[-1]
     bias = torch.zeros(vocab, device=x.device, dtype=x.dtype)
     bias[pad_id] = float("-inf")
+    ban: int | list[int] = eos_id if isinstance(eos_id, int) else list(eos_id)
+    if isinstance(ban, list) and len(ban) == 1:
+        ban = ban[0]
     if isinstance(step, int) and step < cfg.min_new_tokens:
-        bias[eos_id] = float("-inf")
+        bias[ban] = float("-inf")
     x = x + bias
     if isinstance(step, Tensor):
         early = step < cfg.min_new_tokens  # (...)
-        if bool(early.any()):  # one column written in place (x is this function's own tensor)
-            x[..., eos_id] = x[..., eos_id].masked_fill(early, float("-inf"))
+        if bool(early.any()):  # the eos columns written in place (x is this function's own tensor)
+            x[..., ban] = x[..., ban].masked_fill(early if isinstance(ban, int) else early.unsqueeze(-1),
+                                                  float("-inf"))
     banned = torch.isneginf(x) if cfg.epsilon > 0 else None  # the tokens never emitted here (logits are finite)
     if cfg.top_k and cfg.top_k < x.shape[-1]:
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]

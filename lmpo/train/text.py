@@ -24,9 +24,10 @@ from transformers import PreTrainedTokenizerBase
 
 from lmpo.core import FixedKLController, Rollout, kl_estimate, kl_penalized_rewards
 from lmpo.core.kl import KLEstimator
+from lmpo.data.chat import ChatFormat, chat_format
 from lmpo.data.corpus import Turn
 from lmpo.data.tokenizer import decode_reply
-from lmpo.envs.text import Example, TextEnvironment, context_ids
+from lmpo.envs.text import Example, TextEnvironment
 from lmpo.policies.generation import Generation, generate, left_pad, to_rollout
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
@@ -79,10 +80,11 @@ class ConversationCollector:
     def __init__(self, family: TextEnvironment, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase,
                  score: Scorer, reference: LMPolicy | None, kl: FixedKLController, kl_estimator: KLEstimator = "k1",
                  conversations: int = 16, samples_per_prompt: int = 4, max_prompt_tokens: int = 96,
-                 seed: int = 0) -> None:
+                 seed: int = 0, chat: ChatFormat | None = None) -> None:
         if not examples:
             raise ValueError("a text environment needs at least one example")
         self.family, self.examples, self.tokenizer, self.score = family, list(examples), tokenizer, score
+        self.chat = chat or chat_format(tokenizer)  # how turns become ids: lmpo's format or the model's template
         self.reference, self.kl, self.kl_estimator = reference, kl, kl_estimator
         self.conversations, self.k, self.max_prompt_tokens = conversations, samples_per_prompt, max_prompt_tokens
         self.rng = np.random.default_rng(seed)
@@ -93,12 +95,11 @@ class ConversationCollector:
         """Play one conversation per example index to its end, sampling with ``settings`` (default: the policy's)."""
         convs = [self.family.conversation() for _ in indices]
         openings = [c.reset(self.examples[i]) for c, i in zip(convs, indices, strict=True)]
-        ids = [context_ids(self.tokenizer, o, start=True) for o in openings]
+        ids = [self.chat.opening(o) for o in openings]
         user = [next((t.content for t in reversed(o) if t.role == "user"), "") for o in openings]
         transcripts: list[list[tuple[Turn, dict[str, Any]]]] = [[(t, {}) for t in o] for o in openings]
         replies: list[list[Reply]] = [[] for _ in indices]
         active = list(range(len(indices)))
-        eos = policy.pad_id, policy.eos_id
         device = next(policy.parameters()).device
         while active:
             prompts = [ids[c][-self.max_prompt_tokens:] for c in active]
@@ -111,11 +112,12 @@ class ConversationCollector:
                 out = convs[c].step(text)
                 replies[c].append(Reply(prompts[row], tokens, gen.logprobs[row, :n], gen.values[row, :n], user[c], text,
                                         out.info, indices[c]))
+                history = [t for t, _ in transcripts[c]]
                 transcripts[c].append((Turn("assistant", text), out.info))
-                # token in, token out: the sampled ids as they are; a reply cut at max_new_tokens gets its <eos>
-                ids[c] += tokens.tolist() + ([] if n and int(tokens[-1]) == eos[1] else [eos[1]])
                 if not out.done:
-                    ids[c] += context_ids(self.tokenizer, out.turns)
+                    # token in, token out: the sampled ids as they are, then the reply's closing (its <eos> if it was
+                    # cut at max_new_tokens) and the turns the environment adds
+                    ids[c] += tokens.tolist() + self.chat.continuation(history, tokens.tolist(), out.turns)
                     transcripts[c] += [(t, {}) for t in out.turns]
                     user[c] = next((t.content for t in reversed(out.turns) if t.role == "user"), user[c])
                     still.append(c)

@@ -18,7 +18,7 @@ import torch
 
 from lmpo.config import Config, ConfigError
 from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
-from lmpo.data import Dialogue, add_chat_tokens, encode_dialogue, load_tokenizer, train_tokenizer
+from lmpo.data import Dialogue, chat_format, load_tokenizer, prepare_model_tokenizer, train_tokenizer
 from lmpo.data.corpus import Turn
 from lmpo.envs.text import Example, TextEnvironment, text_env
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
@@ -62,6 +62,7 @@ class TextTask:
         self.cfg, self.t, self.run_dir, self.device, self.writer = cfg, cfg.text, run_dir, device, writer
         self.env: TextEnvironment = family(family.Settings(**cfg.env.kwargs), cfg.seed, run_dir)
         self.tokenizer = self._tokenizer()
+        self.chat = chat_format(self.tokenizer, self._generation_eos_ids())  # lmpo's format or the model's template
         self.rewards = WeightedReward.from_specs(self._reward_specs())
         k = self.t.kl
         self.kl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
@@ -109,11 +110,25 @@ class TextTask:
             from transformers import AutoTokenizer
 
             tok = self._from_policy_path(AutoTokenizer.from_pretrained)
-            add_chat_tokens(tok)
+            prepare_model_tokenizer(tok)  # its own chat template as it is; lmpo's chat tokens where it has none
         else:
             tok = train_tokenizer(self.env.tokenizer_texts(), self.t.vocab_size, show_progress=self.cfg.train.progress)
         tok.save_pretrained(saved)
         return tok
+
+    def _generation_eos_ids(self) -> list[int]:
+        """An hf model's generation config's eos ids (a chat model's end-of-turn token among them), if it has one."""
+        if self.cfg.policy.kind != "hf":
+            return []
+        from transformers import GenerationConfig
+
+        export = self.run_dir / HF_EXPORT
+        path = export if (export / "config.json").is_file() else Path(str(self.cfg.policy.path)).expanduser()
+        try:
+            eos = GenerationConfig.from_pretrained(str(path)).eos_token_id
+        except (OSError, ValueError):  # no generation_config.json (or a hub id, not looked up for this)
+            return []
+        return [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
 
     # ------------------------------------------------------------------------------------- policy
     def build_policy(self) -> LMPolicy:
@@ -125,7 +140,7 @@ class TextTask:
             body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout, p.positions))
         else:
             body = self._hf_body()
-        return LMPolicy(body, int(tok.pad_token_id), int(tok.eos_token_id), self.sampling)
+        return LMPolicy(body, int(tok.pad_token_id), self.chat.eos_ids[0], self.sampling, stop_ids=self.chat.eos_ids)
 
     def _from_policy_path(self, load: Callable[[str], Any]) -> Any:
         """``load(policy.path)`` (a local directory or a hub id), its failures as one line. A path that names a
@@ -159,13 +174,13 @@ class TextTask:
             save_hf_policy(policy, self.tokenizer, self.run_dir / HF_EXPORT)
 
     def _encoded(self, dialogues: list[Dialogue]) -> list[Any]:
-        return [encode_dialogue(self.tokenizer, d) for d in dialogues]
+        return [self.chat.dialogue(d) for d in dialogues]
 
     def _collector(self, examples: list[Example], reference: LMPolicy | None, kl: FixedKLController,
                    samples: int, seed: int = 0) -> ConversationCollector:
         return ConversationCollector(self.env, examples, self.tokenizer, self.rewards, reference, kl,
                                      self.t.kl.estimator, self.t.conversations_per_update, samples,
-                                     self.t.max_prompt_tokens, seed=seed)
+                                     self.t.max_prompt_tokens, seed=seed, chat=self.chat)
 
     def prepare(self, policy: LMPolicy, resumed: bool) -> dict[str, float]:
         """Pre-train (once per run, resumable; a run resumed from an RL checkpoint, or read, reloads the saved
