@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import yaml
 
@@ -45,6 +46,22 @@ def read_utf8(path: Path, error: type[ValueError] = CorpusError) -> str:
     except UnicodeDecodeError as e:
         line = data[:e.start].count(b"\n") + 1
         raise error(f"{path}:{line}: not UTF-8 text (byte {data[e.start]:#04x}); save the file as UTF-8") from None
+
+
+def jsonl_objects(path: Path, error: type[ValueError] = CorpusError) -> Iterator[tuple[str, dict[str, Any]]]:
+    """``(where, object)`` for every non-blank line of a JSONL file, ``where`` being ``file:line``; a line that is
+    not JSON, or not a JSON object, is an ``error`` naming it."""
+    for n, line in enumerate(read_utf8(path, error).splitlines(), 1):
+        if not line.strip():
+            continue
+        where = f"{path}:{n}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise error(f"{where}: not valid JSON ({e.msg})") from None
+        if not isinstance(record, dict):
+            raise error(f"{where}: expected a JSON object per line")
+        yield where, record
 
 
 def _alternating(lines: list[str]) -> Dialogue:
@@ -92,15 +109,8 @@ def load_jsonl(path: str | Path) -> list[Dialogue]:
     if not path.is_file():
         raise CorpusError(f"dialogue file not found: {path}")
     dialogues: list[Dialogue] = []
-    for n, line in enumerate(read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: not valid JSON ({e.msg})") from None
-        messages = record.get("messages") if isinstance(record, dict) else None
+    for where, record in jsonl_objects(path):
+        messages = record.get("messages")
         if not isinstance(messages, list):
             raise CorpusError(f"{where}: expected an object with a 'messages' list")
         turns: list[Turn] = []

@@ -7,7 +7,6 @@ a real reply to a user line against a reply taken from another conversation.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lmpo.data.corpus import CorpusError, Dialogue, Turn, read_utf8
+from lmpo.data.corpus import CorpusError, Dialogue, Turn, jsonl_objects
 from lmpo.data.matching import normalize
 
 ROLES = ("user", "assistant", "tool")
@@ -56,15 +55,8 @@ def load_pairs(path: str | Path) -> list[Pair]:
     if not path.is_file():
         raise CorpusError(f"preference file not found: {path}")
     pairs = []
-    for n, line in enumerate(read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        where = f"{path}:{n}"
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{where}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict) or "chosen" not in row or "rejected" not in row:
+    for where, row in jsonl_objects(path):
+        if "chosen" not in row or "rejected" not in row:
             raise CorpusError(f"{where}: expected an object with 'chosen' and 'rejected' (and usually 'prompt')")
         context = _turns(row["prompt"], "user", where, "prompt") if "prompt" in row else ()
         chosen = _turns(row["chosen"], "assistant", where, "chosen")

@@ -11,7 +11,6 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import math
 import re
 from collections import Counter
@@ -23,7 +22,7 @@ from typing import Any
 import numpy as np
 import yaml
 
-from lmpo.data.corpus import read_utf8
+from lmpo.data.corpus import jsonl_objects, read_utf8
 from lmpo.data.matching import MONTHS, as_date, normalize
 
 Row = dict[str, str]
@@ -366,13 +365,4 @@ def _read_csv(path: Path) -> list[Row]:
 
 
 def _read_jsonl(path: Path) -> list[Row]:
-    rows = []
-    for n, line in enumerate(read_utf8(path, KnowledgeBaseError).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise KnowledgeBaseError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        rows.append(_checked(record, f"{path}:{n}"))
-    return rows
+    return [_checked(record, where) for where, record in jsonl_objects(path, KnowledgeBaseError)]

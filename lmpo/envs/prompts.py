@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 from pydantic import Field
 
-from lmpo.data.corpus import CorpusError, Dialogue, Turn, load_chatterbot, load_jsonl, read_utf8, split_dialogues
+from lmpo.data.corpus import CorpusError, Dialogue, Turn, jsonl_objects, load_chatterbot, load_jsonl, split_dialogues
 from lmpo.data.matching import normalize
 from lmpo.data.tokenizer import train_tokenizer
 from lmpo.envs.text import EnvSettings, Example, TextStep, TokenTextEnv
@@ -130,18 +130,7 @@ def read_rows(path: str, split: str) -> list[dict[str, Any]]:
 
 
 def _jsonl_rows(path: Path) -> list[dict[str, Any]]:
-    rows = []
-    for n, line in enumerate(read_utf8(path).splitlines(), 1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise CorpusError(f"{path}:{n}: not valid JSON ({e.msg})") from None
-        if not isinstance(row, dict):
-            raise CorpusError(f"{path}:{n}: expected a JSON object per line")
-        rows.append(row)
-    return rows
+    return [row for _, row in jsonl_objects(path)]
 
 
 class Prompts:

@@ -40,3 +40,16 @@ def test_group_baselines_learn_to_help_on_heldout_prompts(tmp_path: Path, monkey
     latest = (run / "checkpoints" / "latest").read_text().strip()
     weights = load_file(run / "checkpoints" / latest / "policy.safetensors")
     assert all(torch.count_nonzero(v) == 0 for k, v in weights.items() if k.startswith("value_head."))
+
+
+def test_the_sentiment_recipe_makes_replies_more_positive(tmp_path: Path) -> None:
+    """configs/sentiment.yaml, shortened: corpus user lines as prompts, VADER's compound as the reward."""
+    pytest.importorskip("vaderSentiment")  # the sentiment extra; installed by `make test`
+    assert main(["train", "sentiment", *BASE, f"train.runs_dir={tmp_path}", "name=s", "text.pretrain.epochs=3",
+                 "train.total_steps=2560", "algo.lr=0.0003", "text.eval_conversations=60"]) == 0
+    records = read_metrics(tmp_path / "s")
+    before, after = records[0], records[-1]
+    # 120 sampled replies: a policy that does not learn moves the mean compound by about 0.03 (one standard error)
+    assert after["eval/heldout_sampled_reward"] - before["eval/heldout_sampled_reward"] >= 0.1
+    assert after["eval/heldout_sampled_ref_ppl"] < 2 * before["eval/heldout_sampled_ref_ppl"]
+    assert "rewards/sentiment" in records[1]
