@@ -2,6 +2,7 @@
 PYTHON ?= python3.11
 VENV := .venv
 TRL_VENV := .venv-trl
+TRL16_VENV := .venv-trl16
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
@@ -40,8 +41,15 @@ $(TRL_VENV)/.installed:
 	$(TRL_VENV)/bin/python -m pip install -q trl==1.12.0 transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)') requests
 	touch $@
 
-bench-rl: $(STAMP) $(TRL_VENV)/.installed
-	$(PY) bench/rl.py --trl-python $(TRL_VENV)/bin/python
+# The newest TRL, for the RLOO and GRPO pairs (trl 1.16.0 has no PPO trainer).
+$(TRL16_VENV)/.installed:
+	test -x $(TRL16_VENV)/bin/python || $(PYTHON) -m venv $(TRL16_VENV)
+	$(TRL16_VENV)/bin/python -m pip install -q torch==2.13.0
+	$(TRL16_VENV)/bin/python -m pip install -q trl==1.16.0 transformers==$$($(PY) -c 'import transformers; print(transformers.__version__)') requests
+	touch $@
+
+bench-rl: $(STAMP) $(TRL_VENV)/.installed $(TRL16_VENV)/.installed
+	$(PY) bench/rl.py --trl-python $(TRL_VENV)/bin/python --trl16-python $(TRL16_VENV)/bin/python
 
 clean:
-	rm -rf $(VENV) $(TRL_VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis
+	rm -rf $(VENV) $(TRL_VENV) $(TRL16_VENV) runs .pytest_cache .mypy_cache .ruff_cache .hypothesis
