@@ -307,7 +307,7 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
     def reply(history: list[Turn]) -> list[Turn]:
         turns: list[Turn] = []
         for _ in range(MAX_TOOL_CALLS + 1):
-            prompt = task.chat.prompt(history + turns)[-context:]  # the last `context` tokens
+            prompt = task.chat.opening(history + turns)[-context:]  # the last `context` tokens
             gen = generate(policy, left_pad([prompt], policy.pad_id, device), sampling)
             turns.append(Turn("assistant", decode_reply(tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())))
             result = task.env.tool(turns[-1].content)

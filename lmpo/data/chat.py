@@ -36,17 +36,14 @@ class ChatFormat(Protocol):
         ...
 
     def opening(self, turns: Sequence[Turn]) -> list[int]:
-        """The first turns of a conversation, then what starts the assistant's reply."""
+        """The first turns of a conversation (or a person's whole chat so far, re-encoded every turn), then what
+        starts the assistant's reply."""
         ...
 
     def continuation(self, history: Sequence[Turn], reply: Sequence[int], turns: Sequence[Turn]) -> list[int]:
         """What follows a reply's generated ids ``reply`` (``history`` is the conversation before it, ``turns`` what
         the environment adds after it): the reply's closing (when generation did not end it), the turns, and what
         starts the next reply."""
-        ...
-
-    def prompt(self, history: Sequence[Turn]) -> list[int]:
-        """A whole history, then what starts the assistant's reply (a person's chat, re-encoded every turn)."""
         ...
 
 
@@ -71,10 +68,6 @@ class LmpoFormat:
         if turns:
             out += encode_dialogue(self.tokenizer, turns).ids[1:] + [token_id(self.tokenizer, ASSISTANT)]
         return out
-
-    def prompt(self, history: Sequence[Turn]) -> list[int]:
-        """See ``ChatFormat``."""
-        return encode_prompt(self.tokenizer, history)
 
 
 class TemplateFormat:
@@ -141,10 +134,6 @@ class TemplateFormat:
         before = [*history, Turn("assistant", PROBE)]
         added = self._piece(self._render(before), self._render([*before, *turns], generation_prompt=True))
         return closing + self._ids(added)
-
-    def prompt(self, history: Sequence[Turn]) -> list[int]:
-        """See ``ChatFormat``."""
-        return self.opening(history)
 
 
 def uses_lmpo_format(tokenizer: Any) -> bool:

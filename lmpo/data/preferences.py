@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from lmpo.data.corpus import CorpusError, Dialogue, Turn, jsonl_objects
+from lmpo.data.corpus import CorpusError, Dialogue, Turn, jsonl_objects, split_dialogues
 from lmpo.data.matching import normalize
 
 ROLES = ("user", "assistant", "tool")
@@ -101,8 +101,6 @@ def _key(line: str) -> str:
 def split_pairs(pairs: Sequence[Pair], heldout_fraction: float) -> tuple[list[Pair], list[Pair]]:
     """Train and held-out pairs by a hash of the conversation's opening line, as Chatbot-v0 and the dialogue corpora
     are split: a reward model of a corpus is held out on the same conversations as a dialogue model of it."""
-    from lmpo.data.corpus import split_dialogues
-
     keys = [(p.context or p.chosen)[:1] for p in pairs]
     train, _ = split_dialogues(keys, heldout_fraction)
     kept = {id(k) for k in train}

@@ -45,15 +45,21 @@ class RewardModel(Protocol):
 
 
 class LMRewardModel(nn.Module):
-    """An lmpo language-model body with a linear head on the hidden state of the last token."""
+    """An lmpo language-model body (the one a ``policy`` section describes) with a linear head on the hidden state
+    of the last token."""
 
-    def __init__(self, body: nn.Module, tokenizer: Any, max_len: int = 256) -> None:
+    def __init__(self, policy: dict[str, Any], tokenizer: Any, max_len: int = 256) -> None:
         super().__init__()
-        self.body, self.tokenizer, self.max_len = body, tokenizer, max_len
+        self.policy, self.tokenizer, self.max_len = policy, tokenizer, max_len
+        self.body = body = build_lm_body(policy, len(tokenizer))
         self.head = nn.Linear(int(body.hidden_size), 1)  # type: ignore[arg-type]
         nn.init.normal_(self.head.weight, std=1.0 / (int(body.hidden_size) + 1) ** 0.5)  # type: ignore[arg-type]
         nn.init.zeros_(self.head.bias)
         self.pad_id = int(tokenizer.pad_token_id)
+
+    def spec(self) -> dict[str, Any]:
+        """What ``load_reward_model`` rebuilds it from (``reward_model.yaml``)."""
+        return {"format": "lmpo", "policy": self.policy, "max_len": self.max_len}
 
     def encode(self, context: Sequence[Turn], reply: Sequence[Turn]) -> list[int]:
         """The conversation in lmpo's chat format, ending with the reply's ``<eos>``."""
@@ -130,7 +136,7 @@ def load_reward_model(path: str | Path) -> LMRewardModel | HFRewardModel:
         if spec.get("format") == "hf":
             return _hf(path / spec.get("directory", "hf"), int(spec.get("max_len", 512)))
         tokenizer = load_tokenizer(path / "tokenizer")
-        model = LMRewardModel(build_lm_body(spec["policy"], len(tokenizer)), tokenizer, int(spec["max_len"]))
+        model = LMRewardModel(spec["policy"], tokenizer, int(spec["max_len"]))
         model.load_state_dict(load_file(path / WEIGHTS))
         return model.eval()
     if (path / "config.json").is_file():

@@ -225,6 +225,18 @@ class StateSaver:
         write_atomic(self.dir / METRICS_FILE, json.dumps(metrics).encode())
 
 
+def optimizer_step(loss: Tensor, params: list[torch.nn.Parameter], opt: torch.optim.Optimizer,
+                   sched: torch.optim.lr_scheduler.LRScheduler, max_grad_norm: float) -> float:
+    """One step of a supervised training (pre-training, reward models): backward, global-norm clipping, the
+    optimiser's and the schedule's step; returns the loss."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(params, max_grad_norm)
+    opt.step()
+    sched.step()
+    return float(loss.detach())
+
+
 def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequence[EncodedDialogue],
              cfg: PretrainConfig, progress: bool = True, checkpoint_dir: Path | None = None,
              save_every_s: float = 60.0) -> dict[str, float]:
@@ -263,13 +275,8 @@ def pretrain(policy: LMPolicy, train: Sequence[EncodedDialogue], heldout: Sequen
             batches = _batches(examples, cfg.batch_size, policy.pad_id, order[skip * cfg.batch_size:])
             for step, (ids, mask) in enumerate(batches, skip + 1):
                 nll, n = _nll(policy, ids, mask)
-                loss = nll / n.clamp_min(1.0)
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                opt.step()
-                sched.step()
-                at = Position(epoch, step, epoch_rng, float(loss.detach()))
+                loss = optimizer_step(nll / n.clamp_min(1.0), params, opt, sched, cfg.max_grad_norm)
+                at = Position(epoch, step, epoch_rng, loss)
                 if not math.isfinite(at.loss):
                     raise TrainingDiverged(f"pre-training step {step} of epoch {epoch + 1}: the loss is not finite "
                                            "(NaN or inf); pre-training stopped, no reference model was written")

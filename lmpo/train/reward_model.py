@@ -34,10 +34,10 @@ from lmpo.config import (
 from lmpo.data.corpus import load_chatterbot, load_jsonl, split_dialogues
 from lmpo.data.preferences import Pair, corpus_pairs, load_pairs, split_pairs
 from lmpo.data.tokenizer import load_tokenizer, train_tokenizer
-from lmpo.rewards.model import SPEC, WEIGHTS, HFRewardModel, LMRewardModel, build_lm_body
+from lmpo.rewards.model import SPEC, WEIGHTS, HFRewardModel, LMRewardModel
 from lmpo.train.checkpoint import load_weights_checked, write_atomic
 from lmpo.train.logging import MetricsLogger, read_metrics
-from lmpo.train.pretrain import Position, StateSaver, bucketed_order
+from lmpo.train.pretrain import Position, StateSaver, bucketed_order, optimizer_step
 from lmpo.train.progress import TrainingProgress
 from lmpo.train.rundir import RunLock, claim_run_dir
 from lmpo.train.runtime import TrainingDiverged
@@ -142,13 +142,12 @@ def build_reward_model(cfg: RMConfig, run_dir: Path, texts: list[str]) -> LMRewa
     else:
         tokenizer = load_tokenizer(saved) if saved.is_dir() else train_tokenizer(texts, m.vocab_size)
     tokenizer.save_pretrained(saved)
-    rm = LMRewardModel(build_lm_body(policy, len(tokenizer)), tokenizer, m.max_len)
+    rm = LMRewardModel(policy, tokenizer, m.max_len)
     if m.init is not None:  # the policy's body (its value head is left out): pre-training's language knowledge
         from lmpo.policies import LMPolicy
 
         ref = LMPolicy(rm.body, int(tokenizer.pad_token_id), int(tokenizer.eos_token_id))
         load_weights_checked(ref, Path(m.init) / "reference.safetensors")
-    rm.spec = {"format": "lmpo", "policy": policy, "max_len": m.max_len}  # type: ignore[assignment]
     return rm
 
 
@@ -214,13 +213,8 @@ def train_reward_model(cfg: RMConfig, run_dir: Path, resume: bool = False) -> di
                     continue  # finished, evaluated and logged before the interruption
                 for step in range(skip + 1, steps_per_epoch + 1):
                     chunk = [encoded[i] for i in order[(step - 1) * t.batch_size: step * t.batch_size]]
-                    loss = -F.logsigmoid(_margins(rm, chunk)).mean()
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    torch.nn.utils.clip_grad_norm_(params, t.max_grad_norm)
-                    opt.step()
-                    sched.step()
-                    at = Position(epoch, step, epoch_rng, float(loss.detach()))
+                    loss = -F.logsigmoid(_margins(rm, chunk)).mean()  # Bradley-Terry
+                    at = Position(epoch, step, epoch_rng, optimizer_step(loss, params, opt, sched, t.max_grad_norm))
                     if not math.isfinite(at.loss):
                         raise TrainingDiverged(f"train-rm step {step} of epoch {epoch + 1}: the loss is not finite")
                     bar.update(epoch * steps_per_epoch + step, None, None, info=f"loss {at.loss:.3f}")
@@ -255,7 +249,7 @@ def _save(rm: LMRewardModel | HFRewardModel, run_dir: Path) -> None:
         from safetensors.torch import save_file
 
         save_file({k: v.detach().contiguous().cpu() for k, v in rm.state_dict().items()}, str(run_dir / WEIGHTS))
-        spec = rm.spec  # type: ignore[assignment]
+        spec = rm.spec()
     write_atomic(run_dir / SPEC, yaml.safe_dump(spec, sort_keys=False).encode())
 
 

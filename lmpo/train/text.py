@@ -112,11 +112,11 @@ class ConversationCollector:
                 out = convs[c].step(text)
                 replies[c].append(Reply(prompts[row], tokens, gen.logprobs[row, :n], gen.values[row, :n], user[c], text,
                                         out.info, indices[c]))
-                history = [t for t, _ in transcripts[c]]
                 transcripts[c].append((Turn("assistant", text), out.info))
                 if not out.done:
                     # token in, token out: the sampled ids as they are, then the reply's closing (its <eos> if it was
                     # cut at max_new_tokens) and the turns the environment adds
+                    history = [t for t, _ in transcripts[c][:-1]]  # the conversation before this reply
                     ids[c] += tokens.tolist() + self.chat.continuation(history, tokens.tolist(), out.turns)
                     transcripts[c] += [(t, {}) for t in out.turns]
                     user[c] = next((t.content for t in reversed(out.turns) if t.role == "user"), user[c])

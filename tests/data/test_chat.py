@@ -25,7 +25,8 @@ def test_lmpo_format_is_lmpo_s_chat_format() -> None:
     fmt = chat_format(tok)
     assert isinstance(fmt, LmpoFormat) and fmt.eos_ids == (tok.eos_token_id,)
     assert fmt.dialogue(DIALOGUE) == encode_dialogue(tok, DIALOGUE)
-    assert fmt.opening(DIALOGUE[:1]) == fmt.prompt(DIALOGUE[:1]) == encode_prompt(tok, DIALOGUE[:1])
+    assert fmt.opening(DIALOGUE[:1]) == encode_prompt(tok, DIALOGUE[:1])
+    assert fmt.opening(DIALOGUE[:3]) == encode_prompt(tok, DIALOGUE[:3])
     reply = tok.encode(DIALOGUE[1].content, add_special_tokens=False)
     # a reply that ended with <eos> goes on with the next turn; one cut at the length limit gets its <eos> first
     whole = encode_prompt(tok, DIALOGUE[:3])
