@@ -24,8 +24,8 @@ ALGOS = {  # overrides per algorithm; PPO is the recipe's own
     "reinforce": ["algo={name: reinforce, lr: 0.00025, ent_coef: 0.01, max_grad_norm: 1.0, advantage: {estimator: "
                   "returns, gamma: 1.0, baseline: group, group_std: true, whiten: false}}", "text.kl.coef=0.06",
                   "train.total_steps=25600"],
-    "trpo": ["algo={name: trpo, max_kl: 0.02, lr: 0.001, advantage: {estimator: gae, gamma: 1.0, gae_lambda: 1.0, "
-             "whiten: true}}"],
+    "trpo": ["algo={name: trpo, max_kl: 0.02, advantage: {estimator: returns, gamma: 1.0, baseline: group, "
+             "group_std: true, whiten: false}}", "text.kl.coef=0.1"],
 }
 ROWS = [("VADER compound, sampled", "sampled_reward"), ("VADER compound, greedy", "reward"),
         ("reference perplexity of replies, sampled", "sampled_ref_ppl"), ("distinct-2, sampled", "sampled_distinct2"),

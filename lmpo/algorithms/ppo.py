@@ -42,7 +42,7 @@ def _last_step_metrics(w: Tensor, ev: Evaluation, pg: Tensor, v_err: Tensor | No
     def mean(x: Tensor) -> Tensor:
         return torch.dot(x.reshape(-1).float(), w.reshape(-1))
 
-    out = {"losses/policy": mean(pg), "losses/entropy": mean(ev.entropy), "charts/grad_norm": grad_norm,
+    out = {"losses/policy": mean(pg), "losses/entropy": ev.reported_entropy(w > 0), "charts/grad_norm": grad_norm,
            "charts/approx_kl": _approx_kl(ratio, log_ratio, w), "charts/clipfrac": mean((ratio - 1).abs() > clip)}
     if v_err is not None:
         out["losses/value"] = mean(v_err)

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 from typing import Any
 
-import torch
-
 from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
 from lmpo.config import ReinforceConfig
 from lmpo.core import Rollout, loss_weights, masked_mean
@@ -39,8 +37,7 @@ class Reinforce:
             entropy = masked_mean(ev.entropy, m)
             loss = loss - cfg.ent_coef * entropy
         else:  # reported only: no graph through a (B, T, V) entropy nobody differentiates
-            with torch.no_grad():
-                entropy = masked_mean(ev.entropy, m)
+            entropy = ev.reported_entropy(m)
         metrics: dict[str, Any] = {}
         if self.use_value:
             assert ev.values is not None

@@ -117,7 +117,7 @@ class TRPO:
                 _assign(old_params, self.actor)
                 new_kl, improvement = torch.zeros(()), torch.zeros(())
         metrics = {
-            "losses/policy": -float(surr.detach()), "losses/entropy": float(masked_mean(ev.entropy.detach(), m)),
+            "losses/policy": -float(surr.detach()), "losses/entropy": float(ev.reported_entropy(m)),
             "trpo/kl": float(new_kl), "trpo/accepted": float(accepted), "trpo/line_search_steps": float(steps),
             "trpo/step_fraction": frac if accepted else 0.0, "trpo/improvement": float(improvement),
             "trpo/expected_improvement": float(expected),

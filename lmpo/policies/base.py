@@ -10,9 +10,12 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
+import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 from torch import Tensor, nn
+
+ENTROPY_SAMPLE = 256  # language-model steps whose entropy is logged (Evaluation.reported_entropy)
 
 
 @dataclass
@@ -52,6 +55,17 @@ class Evaluation:
         """``(B, T)`` entropy of pi(. | s_t), computed on first use (an unused entropy costs nothing)."""
         h = self.entropy_of(self.params)
         return h if self.steps is None else unpack(h, self.steps)
+
+    def reported_entropy(self, mask: Tensor, sample: int = ENTROPY_SAMPLE) -> Tensor:
+        """The mean entropy over the real steps of ``mask``, for logs (no gradient). Unless already computed (an
+        entropy bonus), a language model's is taken over ``sample`` of its steps evenly spread when it has more:
+        over a batch's every token it costs more than the forward pass (an exp per vocabulary entry)."""
+        with torch.no_grad():
+            if self.steps is None or self.params.shape[0] <= sample or "entropy" in self.__dict__:
+                h = self.entropy
+                return (h * mask).sum() / mask.sum().clamp_min(1.0)
+            rows = torch.linspace(0, self.params.shape[0] - 1, sample, device=self.params.device).round().long()
+            return self.entropy_of(self.params.detach()[rows]).mean()
 
 
 @runtime_checkable

@@ -1,10 +1,13 @@
 """Learned reward models: a scalar score of a reply in its context, and the ``model`` reward that reads one.
 
-Two kinds behind one interface (``encode`` turns into ids, ``forward`` ids into scores):
+Three kinds behind one interface (``encode`` turns into ids, ``forward`` ids into scores):
 
 - ``LMRewardModel``: one of lmpo's language models (GRU, LSTM, transformer) with a scalar head read at the last
   token of the conversation in lmpo's chat format; saved by ``lmpo train-rm`` as ``reward_model.safetensors``
   with ``reward_model.yaml`` and the tokenizer;
+- ``MMIRewardModel``: a pre-trained lmpo language model's mutual information between a reply and its context,
+  ``log p(reply | context) - log p(reply)`` (the MMI score of Li et al. 2016), with ``p(reply)`` the mean of
+  ``p(reply | c)`` over a fixed sample of contexts; it needs no head, so nothing is fitted to the pairs;
 - ``HFRewardModel``: any Hugging Face ``AutoModelForSequenceClassification`` with one label, loaded from a
   directory written by ``save_pretrained`` (lmpo's own ``train-rm`` output, or yours).
 """
@@ -12,6 +15,7 @@ Two kinds behind one interface (``encode`` turns into ids, ``forward`` ids into 
 from __future__ import annotations
 
 import functools
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -22,7 +26,7 @@ from safetensors.torch import load_file
 from torch import Tensor, nn
 
 from lmpo.data.corpus import Turn
-from lmpo.data.tokenizer import encode_dialogue, load_tokenizer
+from lmpo.data.tokenizer import ASSISTANT, encode_dialogue, encode_prompt, load_tokenizer, token_id
 from lmpo.rewards.library import add_check
 from lmpo.rewards.registry import RewardError, register_reward
 
@@ -76,6 +80,61 @@ class LMRewardModel(nn.Module):
         return self.head(hidden[:, -1]).squeeze(-1).float()  # (B,)
 
 
+class MMIRewardModel(nn.Module):
+    """``log p(reply | context) - log mean_k p(reply | c_k)`` under an lmpo language model: how much more likely the
+    context makes the reply than ``contexts`` (a sample of user lines) do on average. A reply that fits any line
+    ("I don't know") scores near 0; one that answers this line scores high."""
+
+    def __init__(self, policy: dict[str, Any], tokenizer: Any, contexts: Sequence[str], max_len: int = 256,
+                 batch_rows: int = 256) -> None:
+        from lmpo.policies import LMPolicy, SamplingConfig
+
+        super().__init__()
+        if not contexts:
+            raise ValueError("an MMI reward model needs at least one marginal context")
+        self.policy, self.tokenizer, self.max_len, self.contexts = policy, tokenizer, max_len, list(contexts)
+        # plain log-probabilities: no ban on an early <eos> (only the pad is never a token)
+        self.lm = LMPolicy(build_lm_body(policy, len(tokenizer)), int(tokenizer.pad_token_id),
+                           int(tokenizer.eos_token_id), SamplingConfig(min_new_tokens=0, max_new_tokens=max_len))
+        self.assistant = token_id(tokenizer, ASSISTANT)
+        self.context_ids = [encode_prompt(tokenizer, [Turn("user", c)]) for c in self.contexts]
+        self.batch_rows = batch_rows  # rows per forward pass: (K + 1) per scored reply
+
+    def spec(self) -> dict[str, Any]:
+        """What ``load_reward_model`` rebuilds it from (``reward_model.yaml``)."""
+        return {"format": "lmpo-mmi", "policy": self.policy, "max_len": self.max_len, "contexts": self.contexts}
+
+    def encode(self, context: Sequence[Turn], reply: Sequence[Turn]) -> list[int]:
+        """The conversation in lmpo's chat format, ending with the reply's ``<eos>`` (the last ``max_len``)."""
+        return encode_dialogue(self.tokenizer, [*context, *reply]).ids[-self.max_len:]
+
+    def forward(self, ids: list[list[int]]) -> Tensor:
+        """Each conversation split at its last ``<|assistant|>``; the reply scored after its own prompt and after
+        every marginal context, in batches of ``batch_rows``."""
+        from lmpo.policies.generation import left_pad
+
+        rows: list[tuple[list[int], list[int]]] = []
+        for conv in ids:
+            start = len(conv) - conv[::-1].index(self.assistant) if self.assistant in conv else 1
+            reply = conv[start:][-(self.max_len - 1):] or conv[-1:]
+            room = self.max_len - len(reply)
+            rows += [(p[-room:], reply) for p in (conv[:start], *self.context_ids)]
+        device = next(self.lm.parameters()).device
+        pad = self.lm.pad_id
+        sums = []
+        for i in range(0, len(rows), self.batch_rows):
+            chunk = rows[i:i + self.batch_rows]
+            obs = left_pad([p for p, _ in chunk], pad, device)
+            width = max(len(r) for _, r in chunk)
+            actions = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
+            for j, (_, r) in enumerate(chunk):
+                actions[j, :len(r)] = torch.tensor(r, device=device)
+            sums.append(self.lm.evaluate(obs, actions).log_probs.sum(1))
+        ll = torch.cat(sums).view(len(ids), 1 + len(self.contexts))  # (B, 1 + K)
+        marginal = torch.logsumexp(ll[:, 1:], dim=1) - math.log(len(self.contexts))
+        return (ll[:, 0] - marginal).float()
+
+
 class HFRewardModel(nn.Module):
     """A Hugging Face sequence classifier with one label; its own tokenizer (and chat template, if it has one)."""
 
@@ -114,6 +173,9 @@ class HFRewardModel(nn.Module):
         return self.model(input_ids=batch, attention_mask=mask).logits[:, 0].float()
 
 
+AnyRewardModel = LMRewardModel | MMIRewardModel | HFRewardModel
+
+
 def build_lm_body(policy: dict[str, Any], vocab: int) -> nn.Module:
     """The body a ``policy`` section describes (gru, lstm, transformer), over a vocabulary of ``vocab``."""
     from lmpo.config import PolicyConfig
@@ -127,7 +189,7 @@ def build_lm_body(policy: dict[str, Any], vocab: int) -> nn.Module:
     raise ValueError(f"policy.kind {p.kind!r} is not one of lmpo's own language models")
 
 
-def load_reward_model(path: str | Path) -> LMRewardModel | HFRewardModel:
+def load_reward_model(path: str | Path) -> AnyRewardModel:
     """A reward model from ``lmpo train-rm``'s output directory, or a ``save_pretrained`` sequence classifier."""
     path = Path(path)
     spec_file = path / SPEC
@@ -136,7 +198,11 @@ def load_reward_model(path: str | Path) -> LMRewardModel | HFRewardModel:
         if spec.get("format") == "hf":
             return _hf(path / spec.get("directory", "hf"), int(spec.get("max_len", 512)))
         tokenizer = load_tokenizer(path / "tokenizer")
-        model = LMRewardModel(spec["policy"], tokenizer, int(spec["max_len"]))
+        model: LMRewardModel | MMIRewardModel
+        if spec.get("format") == "lmpo-mmi":
+            model = MMIRewardModel(spec["policy"], tokenizer, spec["contexts"], int(spec["max_len"]))
+        else:
+            model = LMRewardModel(spec["policy"], tokenizer, int(spec["max_len"]))
         model.load_state_dict(load_file(path / WEIGHTS))
         return model.eval()
     if (path / "config.json").is_file():
@@ -156,12 +222,12 @@ def _hf(path: Path, max_len: int = 512) -> HFRewardModel:
 
 
 @functools.lru_cache(maxsize=4)
-def _cached(path: str, mtime: float) -> LMRewardModel | HFRewardModel:
+def _cached(path: str, mtime: float) -> AnyRewardModel:
     """One loaded copy per directory (reloaded when its spec or config changes)."""
     return load_reward_model(path)
 
 
-def _load(path: str) -> LMRewardModel | HFRewardModel:
+def _load(path: str) -> AnyRewardModel:
     p = Path(path).expanduser().resolve()
     marker = p / SPEC if (p / SPEC).is_file() else p / "config.json"
     try:
@@ -174,7 +240,7 @@ def _load(path: str) -> LMRewardModel | HFRewardModel:
 
 
 @torch.no_grad()
-def score_replies(rm: LMRewardModel | HFRewardModel, contexts: Sequence[Sequence[Turn]],
+def score_replies(rm: AnyRewardModel, contexts: Sequence[Sequence[Turn]],
                   replies: Sequence[Sequence[Turn]], batch_size: int = 32) -> list[float]:
     """The reward model's score of each reply after its context, in batches."""
     ids = [rm.encode(c, r) for c, r in zip(contexts, replies, strict=True)]

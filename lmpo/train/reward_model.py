@@ -4,16 +4,17 @@
 2022), so the loss of a pair is ``-log sigmoid(r_c - r_r)``. The pairs come from a JSONL file or from a dialogue
 corpus (``lmpo.data.preferences``); the held-out pairs' accuracy (the share the model orders right) is logged after
 every epoch. The model is one of lmpo's language models with a scalar head (from scratch, or started from a run's
-pre-trained reference), or a Hugging Face ``AutoModelForSequenceClassification``. The result loads as the reward
-``{name: model, path: <run>}``.
+pre-trained reference), a pre-trained run's mutual-information score (``score: mmi``, no head), or a Hugging Face
+``AutoModelForSequenceClassification``. The result loads as the reward ``{name: model, path: <run>}``.
 """
 
 from __future__ import annotations
 
 import math
 import shutil
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -34,7 +35,7 @@ from lmpo.config import (
 from lmpo.data.corpus import load_chatterbot, load_jsonl, split_dialogues
 from lmpo.data.preferences import Pair, corpus_pairs, load_pairs, split_pairs
 from lmpo.data.tokenizer import load_tokenizer, train_tokenizer
-from lmpo.rewards.model import SPEC, WEIGHTS, HFRewardModel, LMRewardModel
+from lmpo.rewards.model import SPEC, WEIGHTS, AnyRewardModel, HFRewardModel, LMRewardModel, MMIRewardModel
 from lmpo.train.checkpoint import load_weights_checked, write_atomic
 from lmpo.train.logging import MetricsLogger, read_metrics
 from lmpo.train.pretrain import Position, StateSaver, bucketed_order, optimizer_step
@@ -44,6 +45,7 @@ from lmpo.train.runtime import TrainingDiverged
 
 HF_DIR = "hf"
 STATE_DIR = "state"
+EVAL_TRAIN = 500  # training pairs whose accuracy is measured (an even sample: an mmi score costs K + 1 passes)
 CONFIG = "rm_config.yaml"  # the resolved config of a reward-model run (config.yaml is a policy run's)
 
 
@@ -61,14 +63,22 @@ class RMData(Section):
 
 
 class RMModel(PolicyConfig):
+    kind: Literal["mlp", "gru", "lstm", "transformer", "hf"] = Field(
+        "transformer", description="gru, lstm, transformer or hf (an AutoModelForSequenceClassification).")
     init: str | None = Field(None, description="An lmpo text run directory: its tokenizer and pre-trained reference "
                              "start the model (its policy settings replace these).")
     vocab_size: int = Field(2048, ge=262, le=1 << 18, description="BPE vocabulary of a tokenizer trained here.")
     max_len: int = Field(256, ge=8, le=MAX_TOKENS, description="Longest conversation scored (its last tokens).")
+    score: Literal["head", "mmi"] = Field("head", description="head: a linear head on the last token's hidden state; "
+                                          "mmi: log p(reply | context) - log p(reply) under the init run's language "
+                                          "model, p(reply) averaged over marginal_contexts user lines (needs init).")
+    marginal_contexts: int = Field(16, ge=1, le=1024, description="score mmi: user lines of the training pairs "
+                                   "(drawn with the seed) whose mean likelihood of a reply stands for p(reply).")
 
 
 class RMTrain(Section):
-    epochs: int = Field(4, ge=1, description="Passes over the training pairs.")
+    epochs: int = Field(4, ge=0, description="Passes over the training pairs (0: the model as built is evaluated "
+                        "and saved, as for an mmi score taken as it is).")
     lr: float = Field(1e-3, gt=0, description="AdamW learning rate (one-cycle schedule).")
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
     batch_size: int = Field(32, ge=1, le=MAX_BATCH, description="Pairs per step.")
@@ -83,7 +93,7 @@ class RMConfig(Section):
     name: str = Field("rm", description="Run name: <runs_dir>/<name>/.")
     seed: int = Field(0, ge=0, le=2**32 - 1, description="Seed of the pairs' order, the negatives and torch.")
     data: RMData = Field(default_factory=RMData)
-    model: RMModel = Field(default_factory=lambda: RMModel(kind="transformer"))
+    model: RMModel = Field(default_factory=RMModel)
     train: RMTrain = Field(default_factory=RMTrain)
 
 
@@ -94,10 +104,13 @@ def load_rm_config(path: str | Path | None, overrides: list[str] | None = None) 
         cfg = RMConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(f"invalid config: {format_error(e)}") from None
-    if cfg.model.kind == "mlp":
+    if cfg.model.kind == "mlp" and cfg.model.init is None:  # an init run's policy settings replace these
         raise ConfigError("model.kind: a reward model is a language model (gru, lstm, transformer or hf)")
     if cfg.model.kind == "hf" and not cfg.model.path:
         raise ConfigError("model.kind 'hf' needs model.path (an AutoModelForSequenceClassification directory)")
+    if cfg.model.score == "mmi" and (cfg.model.kind == "hf" or cfg.model.init is None):
+        raise ConfigError("model.score 'mmi' reads a pre-trained lmpo language model: set model.init to a text run "
+                          "(lmpo pretrain ...)")
     return cfg
 
 
@@ -115,9 +128,10 @@ def preference_pairs(cfg: RMData, seed: int) -> tuple[list[Pair], list[Pair]]:
     return split_pairs(pairs, cfg.heldout_fraction)
 
 
-def build_reward_model(cfg: RMConfig, run_dir: Path, texts: list[str]) -> LMRewardModel | HFRewardModel:
-    """The model to train: an hf sequence classifier, a run's reference with a new head, or a fresh lmpo LM (its
-    tokenizer trained on ``texts``); the tokenizer is saved in the run (a resume finds it there)."""
+def build_reward_model(cfg: RMConfig, run_dir: Path, train: list[Pair]) -> AnyRewardModel:
+    """The model to train: an hf sequence classifier, a run's reference with a new head or as an mmi score (its
+    marginal contexts drawn from ``train`` with the seed), or a fresh lmpo LM (its tokenizer trained on the pairs'
+    texts); the tokenizer is saved in the run (a resume finds it there)."""
     m = cfg.model
     if m.kind == "hf":
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -129,7 +143,7 @@ def build_reward_model(cfg: RMConfig, run_dir: Path, texts: list[str]) -> LMRewa
             raise ConfigError(f"model.path: {m.path!r} cannot be loaded ({str(e).splitlines()[0]})") from None
         return HFRewardModel(model, hf_tokenizer, m.max_len)
     saved = run_dir / "tokenizer"
-    policy = m.model_dump(exclude={"init", "vocab_size", "max_len"})
+    policy = m.model_dump(exclude={"init", "vocab_size", "max_len", "score", "marginal_contexts"})
     tokenizer: Any
     if m.init is not None:
         init = Path(m.init)
@@ -140,8 +154,17 @@ def build_reward_model(cfg: RMConfig, run_dir: Path, texts: list[str]) -> LMRewa
         policy = run_cfg["policy"]
         tokenizer = load_tokenizer(saved if saved.is_dir() else init / "tokenizer")
     else:
+        texts = [t.content for p in train for t in (*p.context, *p.chosen, *p.rejected)]
         tokenizer = load_tokenizer(saved) if saved.is_dir() else train_tokenizer(texts, m.vocab_size)
     tokenizer.save_pretrained(saved)
+    if m.score == "mmi":
+        lines = sorted({p.context[-1].content for p in train if p.context and p.context[-1].role == "user"})
+        if not lines:
+            raise ConfigError("model.score 'mmi': the training pairs have no user line to draw marginal contexts from")
+        picked = np.random.default_rng(cfg.seed).permutation(len(lines))[: m.marginal_contexts]
+        mmi = MMIRewardModel(policy, tokenizer, [lines[i] for i in sorted(picked)], m.max_len)
+        load_weights_checked(mmi.lm, Path(str(m.init)) / "reference.safetensors")
+        return mmi
     rm = LMRewardModel(policy, tokenizer, m.max_len)
     if m.init is not None:  # the policy's body (its value head is left out): pre-training's language knowledge
         from lmpo.policies import LMPolicy
@@ -151,9 +174,10 @@ def build_reward_model(cfg: RMConfig, run_dir: Path, texts: list[str]) -> LMRewa
     return rm
 
 
-def _accuracy(rm: LMRewardModel | HFRewardModel, data: list[tuple[list[int], list[int]]],
-              batch_size: int) -> tuple[float, float]:
-    """Share of pairs ordered right (chosen scored higher), and the mean Bradley-Terry loss."""
+def _accuracy(rm: AnyRewardModel, data: list[tuple[list[int], list[int]]], batch_size: int,
+              advance: Callable[[int], None] | None = None) -> tuple[float, float]:
+    """Share of pairs ordered right (chosen scored higher), and the mean Bradley-Terry loss; ``advance(pairs)``
+    after every batch."""
     if not data:
         return float("nan"), float("nan")
     was = rm.training
@@ -165,11 +189,13 @@ def _accuracy(rm: LMRewardModel | HFRewardModel, data: list[tuple[list[int], lis
             margin = _margins(rm, chunk)
             right += float((margin > 0).sum())
             loss += float(-F.logsigmoid(margin).sum())
+            if advance is not None:
+                advance(len(chunk))
     rm.train(was)
     return right / len(data), loss / len(data)
 
 
-def _margins(rm: LMRewardModel | HFRewardModel, chunk: list[tuple[list[int], list[int]]]) -> torch.Tensor:
+def _margins(rm: AnyRewardModel, chunk: list[tuple[list[int], list[int]]]) -> torch.Tensor:
     """``r(chosen) - r(rejected)`` of each pair, both scored in one batch."""
     scores = rm([c for c, _ in chunk] + [r for _, r in chunk])
     return scores[: len(chunk)] - scores[len(chunk):]
@@ -183,11 +209,12 @@ def train_reward_model(cfg: RMConfig, run_dir: Path, resume: bool = False) -> di
     train, heldout = preference_pairs(cfg.data, cfg.seed)
     if not train:
         raise ConfigError("no training pairs (data.heldout_fraction too large for the data?)")
-    texts = [t.content for p in train for t in (*p.context, *p.chosen, *p.rejected)]
-    rm = build_reward_model(cfg, run_dir, texts)
+    rm = build_reward_model(cfg, run_dir, train)
     encoded = [(rm.encode(p.context, p.chosen), rm.encode(p.context, p.rejected)) for p in train]
     held = [(rm.encode(p.context, p.chosen), rm.encode(p.context, p.rejected)) for p in heldout]
     t = cfg.train
+    if t.epochs == 0:  # nothing to fit: the model as built (an mmi score, or a start to compare with) is measured
+        return _measure_only(rm, run_dir, encoded, held, t.batch_size, t.progress)
     rng = np.random.default_rng(cfg.seed)
     params = [p for p in rm.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=t.lr, weight_decay=t.weight_decay)
@@ -231,15 +258,43 @@ def train_reward_model(cfg: RMConfig, run_dir: Path, resume: bool = False) -> di
     return summary or {k: v for k, v in read_metrics(run_dir)[-1].items() if k.startswith("rm/")}
 
 
-def _evaluate(rm: LMRewardModel | HFRewardModel, train: list[tuple[list[int], list[int]]],
-              held: list[tuple[list[int], list[int]]], batch_size: int, last_loss: float) -> dict[str, float]:
-    train_acc, _ = _accuracy(rm, train[:2000], batch_size)  # a fixed sample: the whole set would double the cost
-    held_acc, held_loss = _accuracy(rm, held, batch_size)
+def _evaluate(rm: AnyRewardModel, train: list[tuple[list[int], list[int]]],
+              held: list[tuple[list[int], list[int]]], batch_size: int, last_loss: float,
+              advance: Callable[[int], None] | None = None) -> dict[str, float]:
+    train_acc, _ = _accuracy(rm, _sample(train), batch_size, advance)
+    held_acc, held_loss = _accuracy(rm, held, batch_size, advance)
     return {"rm/loss": last_loss, "rm/train_accuracy": train_acc, "rm/heldout_accuracy": held_acc,
             "rm/heldout_loss": held_loss}
 
 
-def _save(rm: LMRewardModel | HFRewardModel, run_dir: Path) -> None:
+def _sample(pairs: list[tuple[list[int], list[int]]]) -> list[tuple[list[int], list[int]]]:
+    """At most ``EVAL_TRAIN`` pairs evenly spread over ``pairs`` (every conversation's, not the first ones')."""
+    return pairs[:: max(1, -(-len(pairs) // EVAL_TRAIN))][:EVAL_TRAIN]
+
+
+def _measure_only(rm: AnyRewardModel, run_dir: Path, train: list[tuple[list[int], list[int]]],
+                  held: list[tuple[list[int], list[int]]], batch_size: int, progress: bool) -> dict[str, float]:
+    """``train.epochs: 0``: the accuracies of the model as built, logged as iteration 0; the model saved."""
+    pairs = len(_sample(train)) + len(held)
+    with TrainingProgress(pairs, 0, enabled=progress, label="train-rm: measuring") as bar:
+        done = [0]
+
+        def advance(n: int) -> None:
+            done[0] += n
+            bar.update(done[0], None, None, info=f"{done[0]}/{pairs} pairs")
+
+        summary = _evaluate(rm, train, held, batch_size, math.nan, advance)
+    del summary["rm/loss"]  # no step taken
+    logger = MetricsLogger(run_dir, None, 0, ["tensorboard"])
+    try:
+        logger.log(0, {"iteration": 0, "env_steps": 0, **summary})
+    finally:
+        logger.close()
+    _save(rm, run_dir)
+    return summary
+
+
+def _save(rm: AnyRewardModel, run_dir: Path) -> None:
     """The model in the form ``load_reward_model`` reads."""
     if isinstance(rm, HFRewardModel):
         rm.model.save_pretrained(run_dir / HF_DIR)  # type: ignore[operator]

@@ -82,6 +82,22 @@ def test_padded_rows_score_as_alone(kind: str) -> None:
     assert ev.params.shape[0] == int(lengths.sum())  # one distribution per real token, none for pads
 
 
+def test_reported_entropy_is_exact_on_small_batches_and_an_even_sample_of_large_ones() -> None:
+    pol = _policy("gru")
+    torch.manual_seed(2)
+    replies = torch.randint(3, V, (len(PROMPTS), 10))
+    replies[1, 4:] = PAD
+    real = replies != PAD  # 34 steps
+    sampled = pol.evaluate(PROMPTS, replies).reported_entropy(real, sample=5)  # steps 0, 8, 16, 25, 33 in row order
+    ev = pol.evaluate(PROMPTS, replies)
+    exact = ev.entropy[real].mean()
+    assert torch.allclose(sampled, ev.entropy[real][torch.tensor([0, 8, 16, 25, 33])].mean(), atol=1e-6)
+    assert not torch.allclose(sampled, exact, atol=1e-6) and not sampled.requires_grad
+    assert torch.allclose(pol.evaluate(PROMPTS, replies).reported_entropy(real), exact, atol=1e-6)  # 34 <= 256
+    # computed already (an entropy bonus): the log uses every step
+    assert torch.allclose(ev.reported_entropy(real, sample=5), exact, atol=1e-6)
+
+
 def test_stop_callback_ends_rows() -> None:
     pol = _policy("gru", SamplingConfig(max_new_tokens=10, min_new_tokens=0))
     gen = generate(pol, PROMPTS, stop=lambda toks: len(toks) >= 3)

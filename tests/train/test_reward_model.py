@@ -110,3 +110,54 @@ def test_builtin_reward_model_recipes_are_valid() -> None:
     assert recipes
     for recipe in recipes:
         assert load_rm_config(recipe).name == f"{recipe.stem}-rm"
+
+
+def test_an_mmi_reward_model_scores_the_likelihood_ratio_of_its_pretrained_run(tmp_path: Path,
+                                                                                text_run: Path) -> None:
+    """``score: mmi`` is ``log p(reply | line) - log mean_k p(reply | line_k)`` under the init run's model, checked
+    against a pass written out here; ``train.epochs: 0`` measures and saves it, and Bradley-Terry steps run through
+    it too."""
+    from lmpo.data.corpus import Turn
+    from lmpo.data.tokenizer import encode_dialogue, encode_prompt
+    from lmpo.rewards.model import MMIRewardModel, load_reward_model
+
+    common = ["model.score=mmi", f"model.init={text_run}", "model.marginal_contexts=3", "data.categories=[greetings]",
+              "data.heldout_fraction=0.3", f"train.runs_dir={tmp_path}", "train.progress=false"]
+    assert main(["train-rm", "name=mmi", "train.epochs=0", *common]) == 0
+    run = tmp_path / "mmi"
+    [record] = read_metrics(run)
+    assert record["iteration"] == 0 and 0 <= record["rm/heldout_accuracy"] <= 1
+    rm = load_reward_model(run)
+    assert isinstance(rm, MMIRewardModel) and len(rm.contexts) == 3
+    tok, pad = rm.tokenizer, rm.tokenizer.pad_token_id
+
+    def loglik(prompt: list[int], reply: list[int]) -> torch.Tensor:
+        x = torch.tensor([prompt + reply])
+        with torch.no_grad():
+            logits, _, _ = rm.lm.body(x, torch.ones_like(x, dtype=torch.bool))
+        logits[..., pad] = float("-inf")  # the pad is never a token
+        logp = torch.log_softmax(logits[0, :-1].float(), -1)
+        return sum(logp[len(prompt) - 1 + i, r] for i, r in enumerate(reply))  # type: ignore[return-value]
+
+    lines, replies = ["Hello there", "How are you?"], ["Hi, nice to meet you.", "I am fine, thank you."]
+    expected = []
+    for line, reply in zip(lines, replies, strict=True):
+        ids = encode_dialogue(tok, [Turn("assistant", reply)]).ids[2:]  # the reply's tokens and <eos>
+        marginal = torch.stack([loglik(encode_prompt(tok, [Turn("user", c)]), ids) for c in rm.contexts])
+        expected.append(float(loglik(encode_prompt(tok, [Turn("user", line)]), ids)
+                              - (torch.logsumexp(marginal, 0) - torch.log(torch.tensor(3.0)))))
+    scores, _ = WeightedReward.from_specs([{"name": "model", "path": str(run)}])(lines, replies, {})
+    assert scores == pytest.approx(expected, abs=1e-4)
+    # training through the score: one epoch of Bradley-Terry steps moves the language model
+    assert main(["train-rm", "name=mmi-trained", "train.epochs=1", "train.lr=0.001", *common]) == 0
+    trained = load_file(tmp_path / "mmi-trained" / "reward_model.safetensors")
+    start = load_file(run / "reward_model.safetensors")
+    assert trained.keys() == start.keys() and any(not torch.equal(trained[k], start[k]) for k in start)
+
+
+def test_an_mmi_score_needs_a_pretrained_run() -> None:
+    from lmpo.config import ConfigError
+    from lmpo.train.reward_model import load_rm_config
+
+    with pytest.raises(ConfigError, match="model.score 'mmi' reads a pre-trained lmpo language model"):
+        load_rm_config(None, ["model.score=mmi"])
