@@ -57,15 +57,24 @@ class Evaluation:
         return h if self.steps is None else unpack(h, self.steps)
 
     def reported_entropy(self, mask: Tensor, sample: int = ENTROPY_SAMPLE) -> Tensor:
-        """The mean entropy over the real steps of ``mask``, for logs (no gradient). Unless already computed (an
-        entropy bonus), a language model's is taken over ``sample`` of its steps evenly spread when it has more:
-        over a batch's every token it costs more than the forward pass (an exp per vocabulary entry)."""
+        """The mean entropy over the steps ``mask`` keeps, for logs (no gradient, nothing cached). Unless already
+        computed (an entropy bonus), a language model's is taken over ``sample`` of them evenly spread when there
+        are more: over a batch's every token it costs about as much as the forward pass (an exp per vocabulary
+        entry)."""
+        cached = self.__dict__.get("entropy")  # (B, T), when the loss asked for it
         with torch.no_grad():
-            if self.steps is None or self.params.shape[0] <= sample or "entropy" in self.__dict__:
-                h = self.entropy
+            if self.steps is None:
+                h = cached if cached is not None else self.entropy_of(self.params)
                 return (h * mask).sum() / mask.sum().clamp_min(1.0)
-            rows = torch.linspace(0, self.params.shape[0] - 1, sample, device=self.params.device).round().long()
-            return self.entropy_of(self.params.detach()[rows]).mean()
+            keep = mask.bool() & self.steps
+            if cached is not None:
+                return cached[keep].mean() if bool(keep.any()) else cached.new_zeros(())
+            rows = keep[self.steps].nonzero().squeeze(1)  # rows of params (the steps held) the mask keeps
+            if rows.numel() == 0:
+                return self.params.new_zeros(())
+            if rows.numel() > sample:
+                rows = rows[torch.linspace(0, rows.numel() - 1, sample, device=rows.device).round().long()]
+            return self.entropy_of(self.params[rows]).mean()
 
 
 @runtime_checkable

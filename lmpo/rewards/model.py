@@ -105,31 +105,32 @@ class MMIRewardModel(nn.Module):
         return {"format": "lmpo-mmi", "policy": self.policy, "max_len": self.max_len, "contexts": self.contexts}
 
     def encode(self, context: Sequence[Turn], reply: Sequence[Turn]) -> list[int]:
-        """The conversation in lmpo's chat format, ending with the reply's ``<eos>`` (the last ``max_len``)."""
-        return encode_dialogue(self.tokenizer, [*context, *reply]).ids[-self.max_len:]
+        """The context in lmpo's chat format up to ``<|assistant|>`` (its last tokens), then the reply's tokens and
+        ``<eos>`` (at most the first half of ``max_len``: the context keeps the other half, and the split
+        ``forward`` makes survives any cut). Of a reply of several turns the last is scored, the others count as
+        context."""
+        *before, last = [*context, *reply]
+        answer = encode_dialogue(self.tokenizer, [Turn("assistant", last.content)]).ids[2:][: self.max_len // 2]
+        return encode_prompt(self.tokenizer, before)[-(self.max_len - len(answer)):] + answer
 
     def forward(self, ids: list[list[int]]) -> Tensor:
-        """Each conversation split at its last ``<|assistant|>``; the reply scored after its own prompt and after
-        every marginal context, in batches of ``batch_rows``."""
+        """Each conversation split after its last ``<|assistant|>``; the reply scored after its own prompt and
+        after every marginal context (their last tokens, to fit ``max_len``), in batches of ``batch_rows``."""
         from lmpo.policies.generation import left_pad
 
         rows: list[tuple[list[int], list[int]]] = []
         for conv in ids:
-            start = len(conv) - conv[::-1].index(self.assistant) if self.assistant in conv else 1
-            reply = conv[start:][-(self.max_len - 1):] or conv[-1:]
-            room = self.max_len - len(reply)
+            start = len(conv) - conv[::-1].index(self.assistant)  # encode always writes it
+            reply, room = conv[start:], self.max_len - (len(conv) - start)
             rows += [(p[-room:], reply) for p in (conv[:start], *self.context_ids)]
         device = next(self.lm.parameters()).device
         pad = self.lm.pad_id
         sums = []
         for i in range(0, len(rows), self.batch_rows):
             chunk = rows[i:i + self.batch_rows]
-            obs = left_pad([p for p, _ in chunk], pad, device)
-            width = max(len(r) for _, r in chunk)
-            actions = torch.full((len(chunk), width), pad, dtype=torch.long, device=device)
-            for j, (_, r) in enumerate(chunk):
-                actions[j, :len(r)] = torch.tensor(r, device=device)
-            sums.append(self.lm.evaluate(obs, actions).log_probs.sum(1))
+            actions = left_pad([r[::-1] for _, r in chunk], pad).flip(1)  # right-padded
+            sums.append(self.lm.evaluate(left_pad([p for p, _ in chunk], pad, device), actions.to(device))
+                        .log_probs.sum(1))
         ll = torch.cat(sums).view(len(ids), 1 + len(self.contexts))  # (B, 1 + K)
         marginal = torch.logsumexp(ll[:, 1:], dim=1) - math.log(len(self.contexts))
         return (ll[:, 0] - marginal).float()

@@ -108,7 +108,9 @@ def load_rm_config(path: str | Path | None, overrides: list[str] | None = None) 
         raise ConfigError("model.kind: a reward model is a language model (gru, lstm, transformer or hf)")
     if cfg.model.kind == "hf" and not cfg.model.path:
         raise ConfigError("model.kind 'hf' needs model.path (an AutoModelForSequenceClassification directory)")
-    if cfg.model.score == "mmi" and (cfg.model.kind == "hf" or cfg.model.init is None):
+    if cfg.model.score == "mmi" and cfg.model.kind == "hf":
+        raise ConfigError("model.score 'mmi' reads one of lmpo's language models (model.init), not an hf classifier")
+    if cfg.model.score == "mmi" and cfg.model.init is None:
         raise ConfigError("model.score 'mmi' reads a pre-trained lmpo language model: set model.init to a text run "
                           "(lmpo pretrain ...)")
     return cfg
@@ -152,6 +154,9 @@ def build_reward_model(cfg: RMConfig, run_dir: Path, train: list[Pair]) -> AnyRe
             raise ConfigError(f"model.init: {init} is not a pre-trained lmpo text run (config.yaml and "
                               "reference.safetensors)")
         policy = run_cfg["policy"]
+        if policy.get("kind") == "transformer" and m.max_len > int(policy.get("max_len", m.max_len)):
+            raise ConfigError(f"model.max_len {m.max_len}: the init run's transformer has {policy['max_len']} "
+                              "positions (set model.max_len to at most that)")
         tokenizer = load_tokenizer(saved if saved.is_dir() else init / "tokenizer")
     else:
         texts = [t.content for p in train for t in (*p.context, *p.chosen, *p.rejected)]
@@ -245,8 +250,8 @@ def train_reward_model(cfg: RMConfig, run_dir: Path, resume: bool = False) -> di
                     if not math.isfinite(at.loss):
                         raise TrainingDiverged(f"train-rm step {step} of epoch {epoch + 1}: the loss is not finite")
                     bar.update(epoch * steps_per_epoch + step, None, None, info=f"loss {at.loss:.3f}")
-                    if saver.due(t.checkpoint_every_s):
-                        saver.save(at, rm, opt, sched)
+                    if step < steps_per_epoch and saver.due(t.checkpoint_every_s):  # an epoch's last step is saved
+                        saver.save(at, rm, opt, sched)  # after its evaluation is logged: a resume takes it as done
                 summary = _evaluate(rm, encoded, held, t.batch_size, at.loss)
                 logger.log((epoch + 1) * steps_per_epoch, {"iteration": epoch + 1,
                                                            "env_steps": (epoch + 1) * steps_per_epoch, **summary})
@@ -317,6 +322,9 @@ def run_train_rm(config: str | Path | None, overrides: list[str], resume: str | 
         if not (run_dir / CONFIG).is_file():
             raise ConfigError(f"not a reward-model run (no {CONFIG}): {run_dir}")
         cfg = load_rm_config(run_dir / CONFIG, overrides)
+        if cfg.train.epochs == 0:  # it would measure and save an untrained model over what the run had trained
+            raise ConfigError("train.epochs 0 measures a model as built and keeps no training state: start a new run "
+                              "instead of resuming one")
     else:
         cfg = load_rm_config(config, overrides)
         run_dir = claim_run_dir(cfg.train.runs_dir, cfg.name)

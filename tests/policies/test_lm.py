@@ -96,6 +96,13 @@ def test_reported_entropy_is_exact_on_small_batches_and_an_even_sample_of_large_
     assert torch.allclose(pol.evaluate(PROMPTS, replies).reported_entropy(real), exact, atol=1e-6)  # 34 <= 256
     # computed already (an entropy bonus): the log uses every step
     assert torch.allclose(ev.reported_entropy(real, sample=5), exact, atol=1e-6)
+    # only the steps the mask keeps; padding the mask marks is not a step
+    some = real.clone()
+    some[0] = False
+    for fresh in (False, True):
+        scored = pol.evaluate(PROMPTS, replies) if fresh else ev
+        assert torch.allclose(scored.reported_entropy(some), ev.entropy[some].mean(), atol=1e-6)
+        assert torch.allclose(scored.reported_entropy(torch.ones_like(real)), exact, atol=1e-6)
 
 
 def test_stop_callback_ends_rows() -> None:

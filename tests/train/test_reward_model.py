@@ -117,9 +117,11 @@ def test_an_mmi_reward_model_scores_the_likelihood_ratio_of_its_pretrained_run(t
     """``score: mmi`` is ``log p(reply | line) - log mean_k p(reply | line_k)`` under the init run's model, checked
     against a pass written out here; ``train.epochs: 0`` measures and saves it, and Bradley-Terry steps run through
     it too."""
+    from lmpo.config import ConfigError
     from lmpo.data.corpus import Turn
     from lmpo.data.tokenizer import encode_dialogue, encode_prompt
     from lmpo.rewards.model import MMIRewardModel, load_reward_model
+    from lmpo.train.reward_model import run_train_rm
 
     common = ["model.score=mmi", f"model.init={text_run}", "model.marginal_contexts=3", "data.categories=[greetings]",
               "data.heldout_fraction=0.3", f"train.runs_dir={tmp_path}", "train.progress=false"]
@@ -148,6 +150,19 @@ def test_an_mmi_reward_model_scores_the_likelihood_ratio_of_its_pretrained_run(t
                               - (torch.logsumexp(marginal, 0) - torch.log(torch.tensor(3.0)))))
     scores, _ = WeightedReward.from_specs([{"name": "model", "path": str(run)}])(lines, replies, {})
     assert scores == pytest.approx(expected, abs=1e-4)
+    # batches cut inside a conversation's rows score alike; a reply longer than max_len keeps its context
+    small = MMIRewardModel(rm.policy, tok, rm.contexts, max_len=24, batch_rows=5)
+    small.load_state_dict(rm.state_dict())
+    pairs = [([Turn("user", line)], [Turn("assistant", reply)]) for line, reply in zip(lines, replies, strict=True)]
+    with torch.no_grad():
+        assert torch.allclose(small([small.encode(*p) for p in pairs]), torch.tensor(expected), atol=1e-3)
+        long = [Turn("assistant", " ".join(["thank you very much"] * 20))]
+        ids = [small.encode([Turn("user", line)], long) for line in lines]
+        head = encode_dialogue(tok, long).ids[2:14]  # the reply's first 12 tokens (half of max_len)
+        assert ids == [encode_prompt(tok, [Turn("user", line)]) + head for line in lines]
+        assert small(ids)[0] != small(ids)[1]
+    with pytest.raises(ConfigError, match="keeps no training state"):
+        run_train_rm(None, [], str(run))
     # training through the score: one epoch of Bradley-Terry steps moves the language model
     assert main(["train-rm", "name=mmi-trained", "train.epochs=1", "train.lr=0.001", *common]) == 0
     trained = load_file(tmp_path / "mmi-trained" / "reward_model.safetensors")
