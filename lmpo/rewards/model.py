@@ -24,6 +24,7 @@ import torch
 import yaml
 from safetensors.torch import load_file
 from torch import Tensor, nn
+from torch.nn.utils.rnn import pad_sequence
 
 from lmpo.data.corpus import Turn
 from lmpo.data.tokenizer import ASSISTANT, encode_dialogue, encode_prompt, load_tokenizer, token_id
@@ -128,7 +129,7 @@ class MMIRewardModel(nn.Module):
         sums = []
         for i in range(0, len(rows), self.batch_rows):
             chunk = rows[i:i + self.batch_rows]
-            actions = left_pad([r[::-1] for _, r in chunk], pad).flip(1)  # right-padded
+            actions = pad_sequence([torch.tensor(r) for _, r in chunk], batch_first=True, padding_value=pad)
             sums.append(self.lm.evaluate(left_pad([p for p, _ in chunk], pad, device), actions.to(device))
                         .log_probs.sum(1))
         ll = torch.cat(sums).view(len(ids), 1 + len(self.contexts))  # (B, 1 + K)
