@@ -6,7 +6,7 @@ TRL16_VENV := .venv-trl16
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint bench bench-lm bench-rl clean
+.PHONY: demo test lint browser bench bench-lm bench-rl bench-serve clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -23,7 +23,20 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check lmpo tests bench
 	$(VENV)/bin/mypy lmpo
 
-test: lint
+# The chat page's test drives Debian's headless Chromium through its chromedriver (nothing downloads a browser).
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then exit 0; fi; \
+	if ! command -v apt-get >/dev/null 2>&1; then \
+		echo "make test needs Chromium at /usr/bin/chromium and its driver at /usr/bin/chromedriver" \
+		     "(Debian: apt-get install chromium chromium-driver)" >&2; exit 1; fi; \
+	if [ "$$(id -u)" -eq 0 ]; then sudo=""; \
+	elif command -v sudo >/dev/null 2>&1; then sudo="sudo"; \
+	else echo "make test needs Debian's chromium and chromium-driver: as root, run" \
+		      "apt-get update && apt-get install -y chromium chromium-driver" >&2; exit 1; fi; \
+	echo "installing Debian's chromium and chromium-driver (for tests/serve/test_page.py)"; \
+	$$sudo apt-get update && $$sudo env DEBIAN_FRONTEND=noninteractive apt-get install -y chromium chromium-driver
+
+test: lint browser
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
@@ -32,6 +45,10 @@ bench: $(STAMP)
 
 bench-lm: $(STAMP)
 	$(PY) bench/lm.py --repeats 7
+
+# lmpo serve under 32 concurrent clients: batching on and off, int8 beside float32 (needs runs/support: make demo)
+bench-serve: $(STAMP)
+	$(PY) bench/serve.py --run runs/support
 
 # TRL lives in its own environment: a benchmark peer, never a dependency of lmpo (its PPO trainer was
 # last shipped in trl 1.12.0). Same torch and transformers as lmpo's environment.

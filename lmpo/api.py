@@ -37,3 +37,42 @@ def load(run_dir: str | Path, device: str = "cpu") -> tuple[Any, Any]:
     control runs. A text run's policy generates with ``lmpo.policies.generate``."""
     task, policy, _ = load_run(run_dir, device)
     return policy, getattr(task, "tokenizer", None)
+
+
+def served_model(run_dir: str | Path, quantize: str | None = None) -> Any:
+    """A text run's latest checkpoint as ``lmpo serve`` serves it (``quantize="int8"``: int8 linear layers), on
+    the CPU; its version is the checkpoint's name."""
+    from lmpo.config import ConfigError
+    from lmpo.serve.engine import ServedModel
+    from lmpo.serve.runner import quantize_int8
+
+    task, policy, ckpt_name = load_run(run_dir, device="cpu")
+    if getattr(task, "tokenizer", None) is None:
+        raise ConfigError(f"{run_dir} is not a text run: lmpo serve serves language models")
+    if quantize == "int8":
+        policy = quantize_int8(policy)
+    cfg = task.cfg
+    env = task.env
+    has_tool = getattr(env, "tool_call_start", None) is not None
+    return ServedModel(policy, task.tokenizer, task.chat, name=cfg.name, version=ckpt_name,
+                       max_context=task.t.max_prompt_tokens,
+                       max_positions=cfg.policy.max_len if cfg.policy.kind == "transformer" else None,
+                       tool=env.tool if has_tool else None, tool_call_start=env.tool_call_start if has_tool else None)
+
+
+def checkpoint_watcher(run_dir: str | Path, version: str, quantize: str | None = None) -> Any:
+    """A function that returns the run's newer latest checkpoint as a served model once there is one, else None
+    (``lmpo serve --watch``)."""
+    from lmpo.train.checkpoint import latest_checkpoint
+
+    served = [version]
+
+    def newer() -> Any:
+        latest = latest_checkpoint(Path(run_dir) / "checkpoints")
+        if latest is None or latest.name == served[0]:
+            return None
+        model = served_model(run_dir, quantize)
+        served[0] = model.version
+        return model
+
+    return newer

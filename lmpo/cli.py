@@ -1,4 +1,5 @@
-"""The ``lmpo`` command: ``train``, ``pretrain``, ``eval``, ``chat``, ``plot`` and ``recipes``.
+"""The ``lmpo`` command: ``train``, ``pretrain``, ``train-rm``, ``eval``, ``chat``, ``serve``, ``feedback``, ``plot``
+and ``recipes``.
 
 Every user mistake (bad key, wrong type, unknown environment or algorithm, missing file) ends with exit
 code 2 and one line naming the problem, never a traceback.
@@ -353,6 +354,93 @@ def _cmd_train_rm(args: argparse.Namespace) -> int:
     return 0
 
 
+# -------------------------------------------------------------------------------------- serve, feedback
+def _api_keys(args: argparse.Namespace) -> list[str]:
+    """``--api-key`` values and the lines of ``--api-keys-file`` (blank lines and ``#`` comments skipped)."""
+    keys = list(args.api_key or [])
+    if args.api_keys_file:
+        try:
+            lines = Path(args.api_keys_file).read_text().splitlines()
+        except OSError as e:
+            raise ConfigError(f"--api-keys-file: cannot read {args.api_keys_file} ({e.strerror})") from None
+        keys += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    if any(len(k) < 8 or any(c.isspace() for c in k) for k in keys):
+        raise ConfigError("an API key must be at least 8 characters with no spaces")
+    if (args.api_key is not None or args.api_keys_file) and not keys:
+        raise ConfigError("--api-keys-file holds no key")
+    return keys
+
+
+def _feedback_db(run_dir: str, db: str | None) -> Path:
+    from lmpo.serve.store import DB_NAME
+
+    return Path(db) if db else Path(run_dir) / DB_NAME
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    from lmpo.api import checkpoint_watcher, served_model
+    from lmpo.serve import FeedbackStore, Limits, ServeSettings, create_app
+    from lmpo.serve.runner import run_server
+
+    for flag in ("max_batch", "max_tokens", "max_n", "port"):
+        if getattr(args, flag) < (0 if flag == "port" else 1):
+            raise ConfigError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'port' else 1}")
+    if args.batch_window_ms < 0:
+        raise ConfigError("--batch-window-ms must be at least 0")
+    keys = _api_keys(args)
+    torch_threads(args.threads)
+    model = served_model(args.run_dir, args.quantize)
+    limits = Limits(max_tokens=args.max_tokens, default_max_tokens=min(args.default_max_tokens, args.max_tokens),
+                    max_n=args.max_n)
+    if model.max_positions is not None and args.max_tokens >= model.max_positions:
+        raise ConfigError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
+                          f"{model.max_positions} positions")
+    watch = checkpoint_watcher(args.run_dir, model.version, args.quantize) if args.watch else None
+    settings = ServeSettings(limits, keys, args.max_batch, args.batch_window_ms / 1000, watch=watch)
+    db = _feedback_db(args.run_dir, args.db)
+    app = create_app(model, FeedbackStore(db), settings)
+    where = f"http://{args.host}:{args.port}"
+    print(f"serving {model.name} ({model.version}{', int8' if args.quantize else ''}) at {where}/  "
+          f"(OpenAI API: {where}/v1, metrics: {where}/metrics, feedback: {db})", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
+        print("warning: listening beyond this machine without API keys (--api-key)", file=sys.stderr, flush=True)
+    run_server(app, args.host, args.port)
+    return 0
+
+
+def torch_threads(threads: int | None) -> None:
+    """Set torch's CPU threads (None: torch's default)."""
+    if threads is not None:
+        if threads < 1:
+            raise ConfigError("--threads must be at least 1")
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _cmd_feedback(args: argparse.Namespace) -> int:
+    import json
+
+    from lmpo.serve.export import preference_pairs, rated_replies
+    from lmpo.serve.store import FeedbackStore
+
+    db = _feedback_db(args.run_dir, args.db)
+    if not db.is_file():
+        raise ConfigError(f"no feedback store at {db} (lmpo serve {args.run_dir} writes it)")
+    store = FeedbackStore(db)
+    try:
+        rows = list(preference_pairs(store) if args.format == "pairs" else rated_replies(store))
+    finally:
+        store.close()
+    out = Path(args.output) if args.output else Path(args.run_dir) / f"feedback-{args.format}.jsonl"
+    with out.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row) + "\n")
+    hint = f" (train a reward model: lmpo train-rm RECIPE data.pairs={out})" if args.format == "pairs" else ""
+    print(f"wrote {len(rows)} {'preference pairs' if args.format == 'pairs' else 'rated replies'} to {out}{hint}")
+    return 0
+
+
 def _cmd_plot(args: argparse.Namespace) -> int:
     from lmpo.plot import plot_run
 
@@ -391,6 +479,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-context", type=int, default=None,
                    help="dialogue tokens kept as context (default: the run's text.max_prompt_tokens)")
     p.set_defaults(fn=_cmd_chat)
+    p = sub.add_parser("serve", help="serve a text run: OpenAI-compatible API, web chat, metrics, feedback")
+    p.add_argument("run_dir")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--watch", action="store_true", help="serve the run's newest checkpoint as training writes it")
+    p.add_argument("--api-key", action="append", help="a key clients must send as a bearer token (repeatable)")
+    p.add_argument("--api-keys-file", help="a file of keys, one per line")
+    p.add_argument("--quantize", choices=["int8"], help="int8 linear layers (dynamic quantisation, CPU)")
+    p.add_argument("--db", help="the feedback store (default RUN_DIR/feedback.sqlite)")
+    p.add_argument("--max-batch", type=int, default=32, help="choices decoded together (1: no batching)")
+    p.add_argument("--batch-window-ms", type=float, default=10.0, help="how long a request waits for others")
+    p.add_argument("--max-tokens", type=int, default=256, help="the largest max_tokens a request may ask for")
+    p.add_argument("--default-max-tokens", type=int, default=64, help="max_tokens when a request gives none")
+    p.add_argument("--max-n", type=int, default=8, help="the largest n a request may ask for")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.set_defaults(fn=_cmd_serve)
+    p = sub.add_parser("feedback", help="the served model's feedback as training data")
+    actions = p.add_subparsers(dest="action", required=True)
+    ex = actions.add_parser("export", help="write preference pairs or rated replies as JSONL")
+    ex.add_argument("run_dir")
+    ex.add_argument("--format", choices=["pairs", "ratings"], default="pairs")
+    ex.add_argument("-o", "--output", help="JSONL file (default RUN_DIR/feedback-FORMAT.jsonl)")
+    ex.add_argument("--db", help="the feedback store (default RUN_DIR/feedback.sqlite)")
+    p.set_defaults(fn=_cmd_feedback)
     p = sub.add_parser("eval", help="evaluate a run's latest checkpoint")
     p.add_argument("run_dir")
     p.add_argument("--episodes", "--conversations", type=int, default=None,

@@ -123,6 +123,7 @@ class Chatbot:
     Settings: ClassVar[type[EnvSettings]] = ChatbotSettings
     eval_splits: ClassVar[tuple[str, ...]] = ("train", "heldout")
     default_rewards: ClassVar[tuple[dict[str, Any], ...]] = ({"name": "satisfaction"},)
+    tool_call_start: ClassVar[str | None] = None  # no tools
 
     def __init__(self, settings: Any, seed: int = 0, run_dir: Path | None = None,
                  dialogues: Sequence[Dialogue] | None = None) -> None:

@@ -70,6 +70,10 @@ class KnowledgeBase:
         self._idf = {t: math.log(1 + len(self.rows) / c) for t, c in df.items()}
         self._by_key = {self.key(r["name"]): r for r in self.rows}
         self._names = [(w, sum(self._idf[t] for t in w), r) for w, r in zip(words, self.rows, strict=True)]
+        self._with_word: dict[str, list[int]] = {}  # word -> the names holding it: a lookup scores only those
+        for i, w in enumerate(words):
+            for t in w:
+                self._with_word.setdefault(t, []).append(i)
         self._labels = sorted(((k, normalize(a.label)) for k, a in self.attributes.items()), key=lambda kl: -len(kl[1]))
         self.longest_name = max(len(k.split()) for k in self._by_key)
         self._values: dict[str, list[str]] = {}
@@ -102,11 +106,22 @@ class KnowledgeBase:
         words = set(normalize(query))
         if not words:
             return []
+        if threshold <= 0:  # every name may match, sharing a word with the query or not
+            shared = {i: name & words for i, (name, _, _) in enumerate(self._names)}
+            weight = {i: sum(self._idf[t] for t in common) for i, common in shared.items()}
+            hits = {i: len(common) for i, common in shared.items()}
+        else:  # only names sharing a word can reach the threshold: walk the query words' names
+            weight, hits = {}, {}
+            for t in words:
+                for i in self._with_word.get(t, ()):
+                    weight[i] = weight.get(i, 0.0) + self._idf[t]
+                    hits[i] = hits.get(i, 0) + 1
         scored = []
-        for name, total, r in self._names:
-            score = sum(self._idf[t] for t in name & words) / total if total else 0.0
+        for i, w in weight.items():
+            _, total, r = self._names[i]
+            score = w / total if total else 0.0
             if score >= threshold:
-                scored.append((-score, -len(name & words) / len(words), r["name"], r))
+                scored.append((-score, -hits[i] / len(words), r["name"], r))
         scored.sort(key=lambda s: s[:3])
         return [s[3] for s in scored[:k]]
 

@@ -139,6 +139,7 @@ class Prompts:
     Settings: ClassVar[type[EnvSettings]] = PromptsSettings
     eval_splits: ClassVar[tuple[str, ...]] = ("train", "heldout")
     default_rewards: ClassVar[tuple[dict[str, Any], ...]] = ()  # a prompt dataset has no judge of its own
+    tool_call_start: ClassVar[str | None] = None  # no tools
 
     def __init__(self, settings: Any, seed: int = 0, run_dir: Path | None = None) -> None:
         self.settings: PromptsSettings = settings

@@ -175,6 +175,7 @@ class Support:
     eval_splits: ClassVar[tuple[str, ...]] = ("train", "heldout", "heldout_phrasings")
     default_rewards: ClassVar[tuple[dict[str, Any], ...]] = ({"name": "satisfaction"},
                                                              {"name": "lookup_cost", "cost": 0.05})
+    tool_call_start: ClassVar[str | None] = "["  # every lookup starts "[lookup:" (after spaces)
 
     def __init__(self, settings: Any, seed: int = 0, run_dir: Path | None = None) -> None:
         self.settings: SupportSettings = settings

@@ -62,6 +62,8 @@ class TextEnvironment(Protocol):
     Settings: ClassVar[type[EnvSettings]]
     eval_splits: ClassVar[tuple[str, ...]]  # the splits evaluated, "train" (RL's own examples) first
     default_rewards: ClassVar[tuple[dict[str, Any], ...]]  # text.rewards when a recipe names none
+    # what every tool call starts with, after spaces (None: no tools): a server streams a reply once it is not one
+    tool_call_start: ClassVar[str | None]
 
     def __init__(self, settings: Any, seed: int = 0, run_dir: Path | None = None) -> None: ...
 

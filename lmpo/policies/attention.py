@@ -60,6 +60,36 @@ class StaticKV:
         dtype = compute_dtype(like)
         self.k, self.v = like.new_empty(shape, dtype=dtype), like.new_empty(shape, dtype=dtype)
 
+    @classmethod
+    def holding(cls, k: Tensor, v: Tensor, room: int = 64) -> StaticKV:
+        """A cache of exactly ``k, v (layers, B, H, L, D)``, with room for ``room`` more positions (one copy; the
+        room is written before it is read)."""
+        out = cls.__new__(cls)
+        shape = (*k.shape[:3], k.shape[3] + room, k.shape[4])
+        out.k, out.v = k.new_empty(shape), v.new_empty(shape)
+        out.k[:, :, :, :k.shape[3]] = k
+        out.v[:, :, :, :v.shape[3]] = v
+        return out
+
+    def rows(self, rows: Tensor, start: int, end: int) -> StaticKV:
+        """The cache of ``rows`` at positions ``start:end``: finished rows leave a batch, and so do columns that
+        have become padding for every row left."""
+        return StaticKV.holding(self.k[:, rows, :, start:end], self.v[:, rows, :, start:end])
+
+    @staticmethod
+    def stack(a: StaticKV, a_len: int, b: StaticKV, b_len: int, room: int = 64) -> StaticKV:
+        """``a``'s rows (``a_len`` positions) then ``b``'s, right-aligned: the shorter one is left-padded with zeros,
+        which attention masks out and positions (counted over real tokens) never see."""
+        n, rows_a = max(a_len, b_len), a.k.shape[1]
+        out = StaticKV.__new__(StaticKV)
+        shape = (a.k.shape[0], rows_a + b.k.shape[1], a.k.shape[2], n + room, a.k.shape[4])
+        out.k, out.v = a.k.new_empty(shape), a.v.new_empty(shape)
+        for dst, src_a, src_b in ((out.k, a.k, b.k), (out.v, a.v, b.v)):
+            for part, src, length in ((dst[:, :rows_a], src_a, a_len), (dst[:, rows_a:], src_b, b_len)):
+                part[:, :, :, :n - length] = 0  # finite pads: a masked-out NaN would still poison the weighted sum
+                part[:, :, :, n - length:n] = src[:, :, :, :length]
+        return out
+
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""
         end = start + k.shape[2]

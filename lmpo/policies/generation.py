@@ -8,12 +8,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import Tensor
 
 from lmpo.core import Rollout
+from lmpo.policies.attention import StaticKV
 from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
 
 if TYPE_CHECKING:  # lm.py imports this module
@@ -37,6 +38,31 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
     for i, r in enumerate(rows):
         out[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
     return out.to(device)
+
+
+def regroupable(cache: Any) -> bool:
+    """Whether rows can leave and join a batch decoding with ``cache``: lmpo's KV cache and recurrent states
+    (a Hugging Face model's own cache cannot)."""
+    return isinstance(cache, StaticKV | Tensor) or (isinstance(cache, tuple) and all(isinstance(c, Tensor)
+                                                                                     for c in cache))
+
+
+def cache_rows(cache: Any, rows: Tensor, start: int, end: int) -> Any:
+    """The cache of batch ``rows``, positions ``start:end`` (a recurrent state has no positions)."""
+    if isinstance(cache, StaticKV):
+        return cache.rows(rows, start, end)
+    if isinstance(cache, Tensor):
+        return cache[:, rows]  # (layers, B, H)
+    return tuple(c[:, rows] for c in cache)  # an LSTM's (h, c)
+
+
+def cache_stack(a: Any, a_len: int, b: Any, b_len: int) -> Any:
+    """Two batches' caches as one: ``a``'s rows, then ``b``'s, right-aligned at the longer length."""
+    if isinstance(a, StaticKV):
+        return StaticKV.stack(a, a_len, b, b_len)
+    if isinstance(a, Tensor):
+        return torch.cat([a, b], 1)
+    return tuple(torch.cat([x, y], 1) for x, y in zip(a, b, strict=True))
 
 
 @torch.no_grad()

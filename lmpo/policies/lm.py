@@ -62,6 +62,9 @@ class LMPolicy(nn.Module):
     def _no_dropout(self) -> Iterator[None]:
         """Score and sample without dropout: the ratio of identical parameters must be exactly 1."""
         was = self.body.training
+        if not was:  # already (serving, evaluating): no walk over every module, twice, per decoding step
+            yield
+            return
         self.body.eval()
         try:
             yield

@@ -1,0 +1,7 @@
+"""``python -m lmpo``: the ``lmpo`` command."""
+
+import sys
+
+from lmpo.cli import main
+
+sys.exit(main())
