@@ -150,7 +150,7 @@ class Server:
             self._watcher.start()
 
     def _watch(self) -> None:
-        """Load newer checkpoints as they appear; the engine takes them between batches."""
+        """Load newer checkpoints as they appear; the engine takes each once its batch in flight has drained."""
         assert self.settings.watch is not None
         while not self._stop_watch.wait(self.settings.watch_every_s):
             try:

@@ -185,7 +185,7 @@ class Engine:
             return len(self._queue)
 
     def close(self) -> None:
-        """Stop after the batch in flight; queued choices get an error."""
+        """Stop once the batch in flight has ended (no row joins it meanwhile); queued choices get an error."""
         with self._cv:
             self._stopping = True
             self._cv.notify()
@@ -217,7 +217,7 @@ class Engine:
                         break
                     self._cv.wait(left)
                 room = self.max_batch
-            elif self._next is not None or not batch.regroup or not self._queue:
+            elif self._next is not None or not batch.regroup or not self._queue or self._stopping:
                 return []
             else:
                 live = sum(not r.done for r in batch.rows)
