@@ -16,6 +16,7 @@ it meanwhile): every reply is decoded by one model.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from collections import deque
@@ -208,6 +209,8 @@ class Engine:
                     self._cv.wait()
                 if self._stopping:
                     return None
+                if self._next is not None and self._queue[0].lookups:  # a reply the old model began: it ends on it
+                    return self._continuations(self.max_batch)
                 if self._next is not None:  # nothing in flight: the new model takes over
                     self.model, self._next = self._next, None
                 deadline = time.monotonic() + self.window_s
@@ -217,8 +220,10 @@ class Engine:
                         break
                     self._cv.wait(left)
                 room = self.max_batch
-            elif self._next is not None or not batch.regroup or not self._queue or self._stopping:
+            elif not batch.regroup or not self._queue or self._stopping:
                 return []
+            elif self._next is not None:  # draining for the new model: only replies the old one began join
+                return self._continuations(self.max_batch - sum(not r.done for r in batch.rows))
             else:
                 live = sum(not r.done for r in batch.rows)
                 room = self.max_batch - live
@@ -229,6 +234,15 @@ class Engine:
                     return []
             taken = [self._queue.popleft() for _ in range(min(room, len(self._queue)))]
             self._report_queue()
+        return [c for c in taken if not c.cancelled]
+
+    def _continuations(self, room: int) -> list[Choice]:
+        """The waiting choices (at the front of the queue) whose reply the current model began with a tool call;
+        the caller holds the lock."""
+        taken: list[Choice] = []
+        while self._queue and self._queue[0].lookups and len(taken) < room:
+            taken.append(self._queue.popleft())
+        self._report_queue()
         return [c for c in taken if not c.cancelled]
 
     def _work(self) -> None:
@@ -242,7 +256,8 @@ class Engine:
             except Exception as e:  # noqa: BLE001  (a failed batch answers its requests; the worker lives on)
                 failed = {id(c): c for c in choices} | ({id(r.choice): r.choice for r in batch.rows} if batch else {})
                 for c in failed.values():
-                    c.emit(Event(error=f"generation failed: {type(e).__name__}: {e}"))
+                    with contextlib.suppress(Exception):  # a client's loop gone: the worker lives on
+                        c.emit(Event(error=f"generation failed: {type(e).__name__}: {e}"))
                 batch = None
 
     def _prompt(self, model: ServedModel, choice: Choice) -> list[int]:
@@ -356,7 +371,7 @@ class Engine:
         now = time.monotonic()
         # at most one delta per stream_interval_s (the first at once): under load a delta per token per stream is
         # most of the server's work; the end of a pass sends the rest
-        if choice.stream and len(shown) > len(choice.sent) and (not choice.sent or
+        if choice.stream and len(shown) > len(choice.sent) and shown.startswith(choice.sent) and (not choice.sent or
                                                                 now - choice.sent_at >= self.stream_interval_s):
             choice.emit(Event(delta=shown[len(choice.sent):]))
             choice.sent, choice.sent_at = shown, now

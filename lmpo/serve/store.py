@@ -107,10 +107,11 @@ class FeedbackStore:
             self._db.execute("BEGIN IMMEDIATE")
             try:
                 yield self._db
+                self._db.execute("COMMIT")
             except BaseException:
-                self._db.execute("ROLLBACK")
+                if self._db.in_transaction:  # a failed COMMIT (disk full) too: never leave a transaction open
+                    self._db.execute("ROLLBACK")
                 raise
-            self._db.execute("COMMIT")
 
     def add_completions(self, records: Sequence[Record]) -> None:
         """Record a completion's choices in one transaction (before the client is answered)."""

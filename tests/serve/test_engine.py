@@ -183,3 +183,23 @@ def test_rows_joining_and_leaving_a_batch_decode_what_generate_decodes(model: Se
         gen = generate(policy, left_pad([prompt], policy.pad_id), SamplingConfig(temperature=0.0, max_new_tokens=n))
         alone = decode_reply(served.tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
         assert choice.reply == alone, line
+
+
+def test_a_reply_with_lookups_ends_on_the_model_that_began_it(model: ServedModel) -> None:
+    """A reload that arrives between a reply's lookup and its answer waits for the answer: one model per reply."""
+    lookup = Turn("tool", "Widget | price: 3 EUR")
+    started = threading.Event()
+    engine = Engine(with_tool(model, [lookup, lookup]), max_batch=4, on_batch=lambda n: started.set())
+    try:
+        done = threading.Event()
+        choice = Choice([Turn("user", "How much?")], Sampling(max_tokens=6),
+                        lambda ev: done.set() if ev.finish_reason or ev.error else None)
+        engine.submit([choice])
+        assert started.wait(60)  # its first pass is being decoded by the old model
+        engine.swap(dataclasses.replace(with_tool(model, []), version="iter_0000009"))
+        assert done.wait(120)
+        assert len(choice.lookups) == 2 and choice.version == "iter_0000000"
+        after = run(engine, [([Turn("user", "hi")], Sampling(max_tokens=3))])
+        assert after[0][0].version == "iter_0000009"  # and the new model takes over after it
+    finally:
+        engine.close()
