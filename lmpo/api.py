@@ -51,13 +51,11 @@ def served_model(run_dir: str | Path, quantize: str | None = None) -> Any:
         raise ConfigError(f"{run_dir} is not a text run: lmpo serve serves language models")
     if quantize == "int8":
         policy = quantize_int8(policy)
-    cfg = task.cfg
-    env = task.env
-    has_tool = getattr(env, "tool_call_start", None) is not None
+    cfg, env = task.cfg, task.env
     return ServedModel(policy, task.tokenizer, task.chat, name=cfg.name, version=ckpt_name,
                        max_context=task.t.max_prompt_tokens,
                        max_positions=cfg.policy.max_len if cfg.policy.kind == "transformer" else None,
-                       tool=env.tool if has_tool else None, tool_call_start=env.tool_call_start if has_tool else None)
+                       tool=env.tool if env.tool_call_start is not None else None, tool_call_start=env.tool_call_start)
 
 
 def checkpoint_watcher(run_dir: str | Path, version: str, quantize: str | None = None) -> Any:
@@ -65,14 +63,13 @@ def checkpoint_watcher(run_dir: str | Path, version: str, quantize: str | None =
     (``lmpo serve --watch``)."""
     from lmpo.train.checkpoint import latest_checkpoint
 
-    served = [version]
-
     def newer() -> Any:
+        nonlocal version
         latest = latest_checkpoint(Path(run_dir) / "checkpoints")
-        if latest is None or latest.name == served[0]:
+        if latest is None or latest.name == version:
             return None
         model = served_model(run_dir, quantize)
-        served[0] = model.version
+        version = model.version
         return model
 
     return newer

@@ -35,7 +35,6 @@ USER_OS_ERRORS = {errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.E
 DEFAULT_RECIPE_NAME = "support"  # the recipe `lmpo train` and `lmpo pretrain` run without a CONFIG
 CONTROL_EVAL_EPISODES = 10
 CONTROL_EVAL_SEED = 12345
-MAX_TOOL_CALLS = 4  # tool calls the bot may make in one chat turn before it must answer
 HISTORY_FILE = "~/.lmpo_history"
 CHAT_COMMANDS = {"/help": "list these commands", "/reset": "forget the conversation and start over",
                  "/quit": "leave (so do Ctrl-D and Ctrl-C)"}
@@ -281,6 +280,7 @@ def _chat_reply(run_dir: str, args: argparse.Namespace) -> Callable[[list[Turn]]
     Support bot's lookup) is answered by the run's environment and the bot goes on, as in training."""
     from lmpo.api import load_run
     from lmpo.data import Turn, decode_reply
+    from lmpo.envs.text import MAX_TOOL_CALLS
     from lmpo.policies import SamplingConfig, generate
     from lmpo.policies.generation import left_pad
 

@@ -28,6 +28,7 @@ from lmpo.data.corpus import Dialogue, Turn
 from lmpo.data.tokenizer import decode_reply
 
 Example = dict[str, Any]
+MAX_TOOL_CALLS = 4  # tool calls a bot may make in one turn before it must answer (lmpo chat, lmpo serve)
 
 
 class EnvSettings(Section):

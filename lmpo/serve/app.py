@@ -144,10 +144,8 @@ class Server:
         m.serving(model.name, model.version)
         self._mailbox: Mailbox | None = None  # made on the first request, on the server's event loop
         self._stop_watch = threading.Event()
-        self._watcher: threading.Thread | None = None
         if settings.watch is not None:
-            self._watcher = threading.Thread(target=self._watch, name="lmpo-watch", daemon=True)
-            self._watcher.start()
+            threading.Thread(target=self._watch, name="lmpo-watch", daemon=True).start()
 
     def _watch(self) -> None:
         """Load newer checkpoints as they appear; the engine takes each once its batch in flight has drained."""
@@ -372,7 +370,6 @@ def create_app(model: ServedModel, store: FeedbackStore, settings: ServeSettings
             await asyncio.to_thread(srv.close)
 
     app = FastAPI(title="lmpo serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
-    app.state.server = srv
     app.add_middleware(Guard, srv=srv)
     _error_handlers(app)
     _api_routes(app, srv)

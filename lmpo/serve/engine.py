@@ -30,11 +30,11 @@ from torch import Tensor
 from lmpo.data.chat import ChatFormat
 from lmpo.data.corpus import Turn
 from lmpo.data.tokenizer import decode_reply
+from lmpo.envs.text import MAX_TOOL_CALLS
 from lmpo.policies.generation import cache_rows, cache_stack, left_pad, regroupable
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
 
-MAX_TOOL_CALLS = 4  # tool calls a reply may make before the bot must answer (as in `lmpo chat`)
 JOIN_EVERY, JOIN_WAIT_S = 4, 0.05
 
 
