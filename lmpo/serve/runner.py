@@ -9,6 +9,11 @@ from torch import nn
 
 from lmpo.policies.lm import LMPolicy
 
+# How long an idle keep-alive connection stays open. It must outlast the clients' own idle limit (httpx and the
+# openai client: 5 s): a server that closes at the same moment as the client reuses the connection drops that
+# request (the client reads the end of the stream instead of an answer). 75 s is nginx's default.
+KEEP_ALIVE_S = 75
+
 
 def quantize_int8(policy: LMPolicy) -> LMPolicy:
     """``policy`` with its linear layers in int8 (PyTorch's dynamic quantisation: int8 weights, activations
@@ -24,4 +29,5 @@ def run_server(app: object, host: str, port: int, log_level: str = "warning") ->
     """Serve ``app`` with uvicorn until Ctrl-C or SIGTERM (which finish the requests in flight)."""
     import uvicorn
 
-    uvicorn.run(app, host=host, port=port, log_level=log_level, timeout_graceful_shutdown=30)  # type: ignore[arg-type]
+    uvicorn.run(app, host=host, port=port, log_level=log_level,  # type: ignore[arg-type]
+                timeout_graceful_shutdown=30, timeout_keep_alive=KEEP_ALIVE_S)

@@ -4,9 +4,11 @@ what the server records and reports (the feedback store, ``/metrics``)."""
 from __future__ import annotations
 
 import asyncio
+import http.client
 import json
 import re
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -189,6 +191,22 @@ def test_feedback_is_recorded_and_counted(server: LiveServer) -> None:
 def test_health_names_the_version(server: LiveServer) -> None:
     assert httpx.get(f"{server.url}/health").json() == {"status": "ok", "model": "tiny", "version": "iter_0000000",
                                                         "queued": 0}
+
+
+def test_an_idle_connection_outlives_the_clients_keep_alive(server: LiveServer) -> None:
+    # httpx (and so the openai client) reuses a connection idle for up to 5 s: a server closing it at the same moment
+    # races the client's next request, which then fails with nothing answered
+    conn = http.client.HTTPConnection(server.url.removeprefix("http://"), timeout=30)
+    try:
+        conn.request("GET", "/health")
+        conn.getresponse().read()
+        sock = conn.sock
+        time.sleep(6.0)
+        conn.request("GET", "/health")
+        answer = conn.getresponse().read()  # a server that has closed the connection: RemoteDisconnected
+        assert conn.sock is sock and b'"status":"ok"' in answer  # the same connection answered
+    finally:
+        conn.close()
 
 
 def test_a_history_with_an_empty_assistant_reply_is_answered(server: LiveServer) -> None:
