@@ -3,12 +3,14 @@ and int8 against float32.
 
 1. Throughput and latency: ``CLIENTS`` concurrent clients (streaming, so the time to first token is seen), each
    sending ``--requests`` requests one after another, against the demo model (the Support-v0 run of ``make demo``)
-   served with ``--max-batch 32`` and with ``--max-batch 1``; then with ``--quantize int8``. Requests per second,
-   generated tokens per second, p50 / p99 latency and time to first token; the ratios.
+   served with ``--max-batch 32`` and with ``--max-batch 1``; then with ``--quantize int8``; ``--rounds`` times in
+   turn (a shared machine's speed drifts by tens of percent within minutes: each round's ratio compares servers
+   run back to back). Requests per second, generated tokens per second, p50 / p99 latency and time to first token
+   (medians over the rounds); each round's ratios and their median.
 2. int8's effect on quality: the run's own evaluation (held-out customers, greedy and sampled satisfaction) of the
    float32 and the int8 policy, in this process.
 
-    python bench/serve.py [--run runs/support] [--clients 32] [--requests 6]
+    python bench/serve.py [--run runs/support] [--clients 32] [--requests 10] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import argparse
 import asyncio
 import json
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -104,7 +107,7 @@ async def batches(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
 def serve_and_load(run: Path, args: argparse.Namespace, lines: list[str], model: str, *flags: str) -> dict[str, float]:
     """A fresh server (its own feedback store) with ``flags``, under the load."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(run, "--db", f"{tmp}/fb.sqlite", "--threads", str(args.threads), *flags)
+        server = start_server(run, "--db", f"{tmp}/fb.sqlite", *flags, threads=args.threads)
         try:
             return asyncio.run(load(server.url, model, lines, args.clients, args.requests, args.max_tokens))
         finally:
@@ -130,10 +133,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--run", default="runs/support", help="a served text run (make demo writes runs/support)")
     p.add_argument("--clients", type=int, default=32)
-    p.add_argument("--requests", type=int, default=6, help="requests per client")
+    p.add_argument("--requests", type=int, default=10, help="requests per client")
     p.add_argument("--max-tokens", type=int, default=48)
-    p.add_argument("--threads", type=int, default=2, help="the server's torch threads")
+    p.add_argument("--threads", type=int, default=None, help="the servers' --threads (default: theirs)")
     p.add_argument("--eval-conversations", type=int, default=100)
+    p.add_argument("--rounds", type=int, default=3, help="rounds of the three servers, in turn (the machine's speed "
+                   "drifts: each round's ratios are measured minutes apart at most)")
     args = p.parse_args()
     run = Path(args.run)
     if not (run / "checkpoints").is_dir():
@@ -143,18 +148,28 @@ def main() -> None:
     model = read_run_config(run).name
     lines = customer_lines(run, 64)
     print(f"CPU: {cpu_model()}; {args.clients} clients x {args.requests} streamed requests, max_tokens "
-          f"{args.max_tokens}, server threads {args.threads}, model {model} ({run})\n")
-    rows = {"batching (max 32)": serve_and_load(run, args, lines, model, "--max-batch", "32"),
-            "no batching": serve_and_load(run, args, lines, model, "--max-batch", "1"),
-            "batching, int8": serve_and_load(run, args, lines, model, "--max-batch", "32", "--quantize", "int8")}
+          f"{args.max_tokens}, server threads {args.threads or 'default'}, model {model} ({run})\n")
+    modes = {"batching (max 32)": ("--max-batch", "32"), "no batching": ("--max-batch", "1"),
+             "batching, int8": ("--max-batch", "32", "--quantize", "int8")}
+    rounds = []
+    for k in range(args.rounds):
+        rounds.append({name: serve_and_load(run, args, lines, model, *flags) for name, flags in modes.items()})
+        on, off, q = (rounds[-1][name] for name in modes)
+        print(f"round {k + 1}: batching / no batching {on['req/s'] / off['req/s']:.2f}x, int8 / float32 "
+              f"{q['tok/s'] / on['tok/s']:.2f}x", flush=True)
+    print(f"\nmedians over {args.rounds} rounds")
     print(f"{'server':<20} {'req/s':>7} {'tok/s':>7} {'p50 s':>7} {'p99 s':>7} {'ttft p50':>9} {'ttft p99':>9} "
           f"{'batch':>6}")
-    for name, r in rows.items():
-        print(f"{name:<20} {r['req/s']:7.2f} {r['tok/s']:7.1f} {r['p50']:7.2f} {r['p99']:7.2f} {r['ttft p50']:9.2f} "
-              f"{r['ttft p99']:9.2f} {r['batch']:6.1f}")
-    b, off, q = rows["batching (max 32)"], rows["no batching"], rows["batching, int8"]
-    print(f"\nbatching / no batching: {b['req/s'] / off['req/s']:.2f}x requests per second")
-    print(f"int8 / float32 (batching): {q['tok/s'] / b['tok/s']:.2f}x tokens per second")
+    for name in modes:
+        m = {key: statistics.median(r[name][key] for r in rounds) for key in rounds[0][name]}
+        print(f"{name:<20} {m['req/s']:7.2f} {m['tok/s']:7.1f} {m['p50']:7.2f} {m['p99']:7.2f} {m['ttft p50']:9.2f} "
+              f"{m['ttft p99']:9.2f} {m['batch']:6.1f}")
+    ratios = [r["batching (max 32)"]["req/s"] / r["no batching"]["req/s"] for r in rounds]
+    speed = [r["batching, int8"]["tok/s"] / r["batching (max 32)"]["tok/s"] for r in rounds]
+    print(f"\nbatching / no batching: {statistics.median(ratios):.2f}x requests per second (median; rounds: "
+          f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    print(f"int8 / float32 (batching): {statistics.median(speed):.2f}x tokens per second (median; rounds: "
+          f"{', '.join(f'{x:.2f}' for x in speed)})")
     evals = quality(run, args.eval_conversations)
     keys = [k for k in evals["float32"] if "satisfaction" in k or "reward" in k]
     print(f"\nevaluation ({args.eval_conversations} conversations per split)")

@@ -58,18 +58,12 @@ def served_model(run_dir: str | Path, quantize: str | None = None) -> Any:
                        tool=env.tool if env.tool_call_start is not None else None, tool_call_start=env.tool_call_start)
 
 
-def checkpoint_watcher(run_dir: str | Path, version: str, quantize: str | None = None) -> Any:
-    """A function that returns the run's newer latest checkpoint as a served model once there is one, else None
-    (``lmpo serve --watch``)."""
+def newer_checkpoint(run_dir: str | Path, quantize: str | None, version: str) -> Any:
+    """The run's latest checkpoint as a served model if it is not ``version``, else None (``lmpo serve --watch``
+    polls it with the version it serves, as ``functools.partial(newer_checkpoint, run_dir, quantize)``)."""
     from lmpo.train.checkpoint import latest_checkpoint
 
-    def newer() -> Any:
-        nonlocal version
-        latest = latest_checkpoint(Path(run_dir) / "checkpoints")
-        if latest is None or latest.name == version:
-            return None
-        model = served_model(run_dir, quantize)
-        version = model.version
-        return model
-
-    return newer
+    latest = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if latest is None or latest.name == version:
+        return None
+    return served_model(run_dir, quantize)

@@ -378,8 +378,10 @@ def _feedback_db(run_dir: str, db: str | None) -> Path:
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    from lmpo.api import checkpoint_watcher, served_model
-    from lmpo.serve import FeedbackStore, Limits, ServeSettings, create_app
+    from functools import partial
+
+    from lmpo.api import newer_checkpoint, served_model
+    from lmpo.serve import FeedbackStore, Limits, ModelSource, ServeSettings, create_app
     from lmpo.serve.runner import run_server
 
     for flag in ("max_batch", "max_tokens", "max_n", "port"):
@@ -387,20 +389,20 @@ def _cmd_serve(args: argparse.Namespace) -> int:
             raise ConfigError(f"--{flag.replace('_', '-')} must be at least {0 if flag == 'port' else 1}")
     if args.batch_window_ms < 0:
         raise ConfigError("--batch-window-ms must be at least 0")
+    if args.threads is not None and args.threads < 1:
+        raise ConfigError("--threads must be at least 1")
     keys = _api_keys(args)
-    torch_threads(args.threads)
-    model = served_model(args.run_dir, args.quantize)
     limits = Limits(max_tokens=args.max_tokens, default_max_tokens=min(args.default_max_tokens, args.max_tokens),
                     max_n=args.max_n)
-    if model.max_positions is not None and args.max_tokens >= model.max_positions:
-        raise ConfigError(f"--max-tokens {args.max_tokens} leaves no room for a prompt in the model's "
-                          f"{model.max_positions} positions")
-    watch = checkpoint_watcher(args.run_dir, model.version, args.quantize) if args.watch else None
+    watch = partial(newer_checkpoint, args.run_dir, args.quantize) if args.watch else None
     settings = ServeSettings(limits, keys, args.max_batch, args.batch_window_ms / 1000, watch=watch)
     db = _feedback_db(args.run_dir, args.db)
-    app = create_app(model, FeedbackStore(db), settings)
+    store = FeedbackStore(db)
+    # the model is loaded and decoded in a worker process of its own (see lmpo.serve.worker)
+    app = create_app(ModelSource(partial(served_model, args.run_dir, args.quantize), args.threads), store, settings)
     where = f"http://{args.host}:{args.port}"
-    print(f"serving {model.name} ({model.version}{', int8' if args.quantize else ''}) at {where}/  "
+    engine = app.state.engine
+    print(f"serving {engine.name} ({engine.version}{', int8' if args.quantize else ''}) at {where}/  "
           f"(OpenAI API: {where}/v1, metrics: {where}/metrics, feedback: {db})", flush=True)
     if args.host not in ("127.0.0.1", "localhost", "::1") and not keys:
         print("warning: listening beyond this machine without API keys (--api-key)", file=sys.stderr, flush=True)
@@ -493,7 +495,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-tokens", type=int, default=256, help="the largest max_tokens a request may ask for")
     p.add_argument("--default-max-tokens", type=int, default=64, help="max_tokens when a request gives none")
     p.add_argument("--max-n", type=int, default=8, help="the largest n a request may ask for")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="torch CPU threads of the generation worker (default: the CPUs less one, kept for HTTP)")
     p.set_defaults(fn=_cmd_serve)
     p = sub.add_parser("feedback", help="the served model's feedback as training data")
     actions = p.add_subparsers(dest="action", required=True)

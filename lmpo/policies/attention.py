@@ -5,6 +5,7 @@ KV cache."""
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -71,24 +72,31 @@ class StaticKV:
         out.v[:, :, :, :v.shape[3]] = v
         return out
 
-    def rows(self, rows: Tensor, start: int, end: int) -> StaticKV:
-        """The cache of ``rows`` at positions ``start:end``: finished rows leave a batch, and so do columns that
-        have become padding for every row left."""
-        return StaticKV.holding(self.k[:, rows, :, start:end], self.v[:, rows, :, start:end])
-
     @staticmethod
-    def stack(a: StaticKV, a_len: int, b: StaticKV, b_len: int, room: int = 64) -> StaticKV:
-        """``a``'s rows (``a_len`` positions) then ``b``'s, right-aligned: the shorter one is left-padded with zeros,
-        which attention masks out and positions (counted over real tokens) never see."""
-        n, rows_a = max(a_len, b_len), a.k.shape[1]
+    def stack(parts: Sequence[tuple[StaticKV, int, int, Tensor | None]], room: int = 64) -> StaticKV:
+        """One cache of the parts' rows in turn: of each ``(cache, start, end, rows)``, positions ``start:end`` of
+        ``rows`` (None: all), right-aligned at the longest span, in one copy. A shorter span is left-padded with
+        zeros, which attention masks out and positions (counted over real tokens) never see."""
+        first = parts[0][0]
+        n = max(end - start for _, start, end, _ in parts)
+        count = [c.k.shape[1] if rows is None else len(rows) for c, _, _, rows in parts]
         out = StaticKV.__new__(StaticKV)
-        shape = (a.k.shape[0], rows_a + b.k.shape[1], a.k.shape[2], n + room, a.k.shape[4])
-        out.k, out.v = a.k.new_empty(shape), a.v.new_empty(shape)
-        for dst, src_a, src_b in ((out.k, a.k, b.k), (out.v, a.v, b.v)):
-            for part, src, length in ((dst[:, :rows_a], src_a, a_len), (dst[:, rows_a:], src_b, b_len)):
-                part[:, :, :, :n - length] = 0  # finite pads: a masked-out NaN would still poison the weighted sum
-                part[:, :, :, n - length:n] = src[:, :, :, :length]
+        shape = (first.k.shape[0], sum(count), first.k.shape[2], n + room, first.k.shape[4])
+        out.k, out.v = first.k.new_empty(shape), first.v.new_empty(shape)
+        row = 0
+        for (cache, start, end, rows), b in zip(parts, count, strict=True):
+            at, length = slice(row, row + b), end - start
+            for dst, src in ((out.k, cache.k), (out.v, cache.v)):
+                dst[:, at, :, :n - length] = 0  # finite pads: a masked-out NaN would still poison the weighted sum
+                dst[:, at, :, n - length:n] = src[:, :, :, start:end] if rows is None else \
+                    src[:, :, :, start:end].index_select(1, rows)  # (faster than indexing with rows)
+            row = at.stop
         return out
+
+    def row(self, index: int, columns: Tensor) -> StaticKV:
+        """Row ``index``'s cache at ``columns`` only (its real tokens: a reply that goes on after a tool call keeps
+        what it has read)."""
+        return StaticKV.holding(self.k[:, index:index + 1, :, columns], self.v[:, index:index + 1, :, columns], room=0)
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""

@@ -6,7 +6,7 @@ that very distribution, with the value of the state it was sampled in.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -47,22 +47,23 @@ def regroupable(cache: Any) -> bool:
                                                                                      for c in cache))
 
 
-def cache_rows(cache: Any, rows: Tensor, start: int, end: int) -> Any:
-    """The cache of batch ``rows``, positions ``start:end`` (a recurrent state has no positions)."""
-    if isinstance(cache, StaticKV):
-        return cache.rows(rows, start, end)
-    if isinstance(cache, Tensor):
-        return cache[:, rows]  # (layers, B, H)
-    return tuple(c[:, rows] for c in cache)  # an LSTM's (h, c)
+def cache_stack(parts: Sequence[tuple[Any, int, int, Tensor | None]]) -> Any:
+    """Batches' caches as one, in one copy: of each ``(cache, start, end, rows)``, positions ``start:end`` of
+    ``rows`` (None: all), right-aligned at the longest span (a recurrent state has no positions). Finished rows
+    leave a batch this way, and so do columns that have become padding for every row left."""
+    first = parts[0][0]
+    if isinstance(first, StaticKV):
+        return StaticKV.stack(parts)
+    if isinstance(first, Tensor):  # (layers, B, H)
+        return torch.cat([c if rows is None else c[:, rows] for c, _, _, rows in parts], 1)
+    picked = [c if rows is None else tuple(x[:, rows] for x in c) for c, _, _, rows in parts]
+    return tuple(torch.cat(states, 1) for states in zip(*picked, strict=True))  # an LSTM's (h, c)
 
 
-def cache_stack(a: Any, a_len: int, b: Any, b_len: int) -> Any:
-    """Two batches' caches as one: ``a``'s rows, then ``b``'s, right-aligned at the longer length."""
-    if isinstance(a, StaticKV):
-        return StaticKV.stack(a, a_len, b, b_len)
-    if isinstance(a, Tensor):
-        return torch.cat([a, b], 1)
-    return tuple(torch.cat([x, y], 1) for x, y in zip(a, b, strict=True))
+def cache_row(cache: Any, index: int, mask: Tensor) -> Any | None:
+    """Row ``index``'s cache over its real tokens (``mask (L,)``), to go on from later; None where a cache cannot
+    (a recurrent state, a Hugging Face model's own cache)."""
+    return cache.row(index, mask.nonzero().squeeze(1)) if isinstance(cache, StaticKV) else None
 
 
 @torch.no_grad()

@@ -43,6 +43,23 @@ class SamplingConfig:
         return SamplingConfig(temperature=0.0, max_new_tokens=self.max_new_tokens, min_new_tokens=self.min_new_tokens)
 
 
+NUCLEUS_FIRST = 64  # top-p looks for the nucleus among the most likely tokens first (a full sort is slow on CPU)
+
+
+def outside_nucleus(x: Tensor, top_p: float) -> Tensor:
+    """The tokens top-p drops: those ranked below tokens that already cover ``top_p`` of the probability (the first
+    token always stays). Where the ``NUCLEUS_FIRST`` most likely tokens cover it in every row, only they are
+    ranked (``topk``); else the whole vocabulary is sorted."""
+    k = min(NUCLEUS_FIRST, x.shape[-1])
+    ranked, order = torch.topk(x, k, dim=-1)  # descending
+    probs = (ranked - torch.logsumexp(x, dim=-1, keepdim=True)).exp()
+    if k < x.shape[-1] and not bool((probs.sum(-1) >= top_p).all()):
+        ranked, order = torch.sort(x, dim=-1, descending=True)
+        probs = torch.softmax(ranked, dim=-1)
+    keep = (probs.cumsum(-1) - probs) < top_p
+    return torch.ones_like(x, dtype=torch.bool).scatter(-1, order, ~keep)
+
+
 def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, pad_id: int,
                       eos_id: int | Sequence[int]) -> Tensor:
     """Log-probabilities ``(..., V)`` of the sampling distribution at response position ``step``.
@@ -76,12 +93,7 @@ def sampling_logprobs(logits: Tensor, step: Tensor | int, cfg: SamplingConfig, p
         kth = torch.topk(x, cfg.top_k, dim=-1).values[..., -1:]
         x = x.masked_fill(x < kth, float("-inf"))
     if cfg.top_p < 1.0:
-        sorted_x, order = torch.sort(x, dim=-1, descending=True)
-        probs = torch.softmax(sorted_x, dim=-1)
-        # drop a token when the tokens ranked above it already cover top_p (the first token always stays)
-        drop_sorted = (probs.cumsum(-1) - probs) >= cfg.top_p
-        drop = torch.zeros_like(drop_sorted).scatter(-1, order, drop_sorted)
-        x = x.masked_fill(drop, float("-inf"))
+        x = x.masked_fill(outside_nucleus(x, cfg.top_p), float("-inf"))
     logp = torch.log_softmax(x, dim=-1)
     if banned is not None:
         allowed = ~banned

@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-import torch
 from fastapi import FastAPI, Request
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -28,13 +27,14 @@ from pydantic import BaseModel, ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from lmpo.serve.engine import Choice, Engine, Event, Sampling, ServedModel
+from lmpo.config import ConfigError
+from lmpo.serve.engine import Choice, Engine, Event, Sampling, ServedModel, Watcher
 from lmpo.serve.metrics import ServerMetrics
 from lmpo.serve.schema import ChatRequest, FeedbackRequest, Limits
 from lmpo.serve.store import FeedbackStore, Record, UnknownCompletion
+from lmpo.serve.worker import EngineProcess, ModelSource
 
 OPEN_PATHS = ("/", "/health")  # answered without an API key
-Watcher = Callable[[], ServedModel | None]  # a newer model when there is one (--watch)
 
 
 class APIError(Exception):
@@ -61,7 +61,7 @@ class ServeSettings:
     window_s: float = 0.01  # how long the first waiting choice waits for others
     default_temperature: float = 0.7
     default_top_p: float = 0.9
-    watch: Watcher | None = None  # polled every watch_every_s for a newer checkpoint
+    watch: Watcher | None = None  # polled every watch_every_s for a newer checkpoint (picklable for a ModelSource)
     watch_every_s: float = 2.0
 
 
@@ -135,51 +135,48 @@ class Mailbox:
 class Server:
     """The state behind the routes: model, engine, store, metrics, settings."""
 
-    def __init__(self, model: ServedModel, store: FeedbackStore, settings: ServeSettings) -> None:
+    def __init__(self, model: ServedModel | ModelSource, store: FeedbackStore, settings: ServeSettings) -> None:
         self.store, self.settings, self.metrics = store, settings, ServerMetrics()
-        self.name = model.name
         m = self.metrics
-        self.engine = Engine(model, settings.max_batch, settings.window_s, on_batch=m.batch.observe,
-                             on_tokens=m.tokens.inc, on_queue=m.queue.set)
-        m.serving(model.name, model.version)
+        self.engine: Engine | EngineProcess
+        if isinstance(model, ServedModel):  # in this process (tests, embedding)
+            self.engine = Engine(model, settings.max_batch, settings.window_s, on_batch=m.batch.observe,
+                                 on_tokens=m.tokens.inc, on_queue=m.queue.set)
+            if settings.watch is not None:
+                self.engine.watch(settings.watch, settings.watch_every_s, self._reloaded)
+        else:  # in a worker process of its own (lmpo serve)
+            self.engine = EngineProcess(model, settings.max_batch, settings.window_s, on_batch=m.batch.observe,
+                                        on_tokens=m.tokens.inc, on_queue=m.queue.set, on_version=self._reloaded,
+                                        watch=settings.watch, watch_every_s=settings.watch_every_s)
+        self.name = self.engine.name
+        positions = self.engine.max_positions
+        if positions is not None and settings.limits.max_tokens >= positions:
+            self.engine.close()
+            raise ConfigError(f"--max-tokens {settings.limits.max_tokens} leaves no room for a prompt in the "
+                              f"model's {positions} positions")
+        m.serving(self.name, self.engine.version)
         self._mailbox: Mailbox | None = None  # made on the first request, on the server's event loop
-        self._stop_watch = threading.Event()
-        if settings.watch is not None:
-            threading.Thread(target=self._watch, name="lmpo-watch", daemon=True).start()
 
-    def _watch(self) -> None:
-        """Load newer checkpoints as they appear; the engine takes each once its batch in flight has drained."""
-        assert self.settings.watch is not None
-        while not self._stop_watch.wait(self.settings.watch_every_s):
-            try:
-                model = self.settings.watch()
-            except Exception as e:  # noqa: BLE001  (a half-written or broken checkpoint: keep serving, retry later)
-                print(f"lmpo serve: could not load the newer checkpoint ({type(e).__name__}: {e})", flush=True)
-                continue
-            if model is not None:
-                self.engine.swap(model)
-                self.metrics.serving(model.name, model.version)
-                self.metrics.reloads.inc()
-                print(f"lmpo serve: now serving {model.version}", flush=True)
+    def _reloaded(self, version: str) -> None:
+        """A newer checkpoint is loaded (the engine takes it once its batch in flight has drained)."""
+        self.metrics.serving(self.name, version)
+        self.metrics.reloads.inc()
+        print(f"lmpo serve: now serving {version}", flush=True)
 
     def close(self) -> None:
-        """Stop watching, finish the batch in flight, close the store."""
-        self._stop_watch.set()
+        """Finish the batch in flight (and stop watching), close the store."""
         self.engine.close()
         self.store.close()
 
     # ------------------------------------------------------------------------------------ completions
-    def sampling(self, req: ChatRequest, index: int) -> tuple[Sampling, torch.Generator | None]:
-        """A request's settings, with a generator per choice when it gives a seed."""
+    def sampling(self, req: ChatRequest, index: int) -> tuple[Sampling, int | None]:
+        """A request's settings, and the choice's own seed when the request gives one."""
         s = self.settings
         max_tokens = req.max_completion_tokens or req.max_tokens or s.limits.default_max_tokens
         sampling = Sampling(s.default_temperature if req.temperature is None else float(req.temperature),
                             s.default_top_p if req.top_p is None else float(req.top_p), max_tokens, req.stops(),
                             req.seed)
-        generator = None
-        if req.seed is not None:
-            generator = torch.Generator().manual_seed((req.seed * 1_000_003 + index) % (2**63))
-        return sampling, generator
+        return sampling, None if req.seed is None else (req.seed * 1_000_003 + index) % (2**63)
 
     def start(self, req: ChatRequest) -> tuple[list[Choice], asyncio.Queue[tuple[int, Event]]]:
         """Queue the request's choices; their events arrive on the returned queue as ``(index, event)``."""
@@ -194,8 +191,8 @@ class Server:
         history = req.turns()
         choices = []
         for i in range(req.n or 1):
-            sampling, generator = self.sampling(req, i)
-            choices.append(Choice(history, sampling, emitter(i), generator, stream=bool(req.stream)))
+            sampling, seed = self.sampling(req, i)
+            choices.append(Choice(history, sampling, emitter(i), seed, stream=bool(req.stream)))
         self.engine.submit(choices)
         return choices, events
 
@@ -273,8 +270,7 @@ def stream(server: Server, req: ChatRequest) -> StreamingResponse:
             yield f"data: {json.dumps({'error': {'message': e.message, 'type': e.kind}})}\n\n"
         finally:
             if not finished:  # the client went away (or generation failed): stop generating for it
-                for c in choices:
-                    c.cancelled = True
+                server.engine.cancel(choices)
 
     return StreamingResponse(body(), media_type="text/event-stream",
                              headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
@@ -358,8 +354,11 @@ class Guard:
                 self.srv.metrics.errors.labels(route, str(status[0])).inc()
 
 
-def create_app(model: ServedModel, store: FeedbackStore, settings: ServeSettings | None = None) -> FastAPI:
-    """The app serving ``model``, recording into ``store`` (the engine starts now; it stops with the app)."""
+def create_app(model: ServedModel | ModelSource, store: FeedbackStore, settings: ServeSettings | None = None
+               ) -> FastAPI:
+    """The app serving ``model`` (a ``ModelSource``: from a worker process), recording into ``store``. The engine
+    starts now (a worker: once it has loaded the model) and stops with the app; ``app.state.engine`` names the
+    model and its version."""
     srv = Server(model, store, settings or ServeSettings())
 
     @contextlib.asynccontextmanager
@@ -370,6 +369,7 @@ def create_app(model: ServedModel, store: FeedbackStore, settings: ServeSettings
             await asyncio.to_thread(srv.close)
 
     app = FastAPI(title="lmpo serve", version="1", lifespan=lifespan, docs_url=None, redoc_url=None)
+    app.state.engine = srv.engine
     app.add_middleware(Guard, srv=srv)
     _error_handlers(app)
     _api_routes(app, srv)

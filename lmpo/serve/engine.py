@@ -31,11 +31,11 @@ from lmpo.data.chat import ChatFormat
 from lmpo.data.corpus import Turn
 from lmpo.data.tokenizer import decode_reply
 from lmpo.envs.text import MAX_TOOL_CALLS
-from lmpo.policies.generation import cache_rows, cache_stack, left_pad, regroupable
+from lmpo.policies.generation import cache_row, cache_stack, left_pad, regroupable
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
 
-JOIN_EVERY, JOIN_WAIT_S = 4, 0.05
+JOIN_EVERY, JOIN_WAIT_S = 6, 0.05
 
 
 @dataclass
@@ -77,8 +77,9 @@ class Choice:
     """One choice of a request: its conversation (and the lookups it made), its settings, what it has been sent."""
 
     def __init__(self, history: Sequence[Turn], sampling: Sampling, emit: Callable[[Event], None],
-                 generator: torch.Generator | None = None, stream: bool = True) -> None:
-        self.history, self.sampling, self.emit, self.generator = list(history), sampling, emit, generator
+                 seed: int | None = None, stream: bool = True) -> None:
+        self.history, self.sampling, self.emit, self.seed = list(history), sampling, emit, seed
+        self.generator = None if seed is None else torch.Generator().manual_seed(seed)  # this choice's own draws
         self.stream = stream  # text as it is decoded (else only the end: the reply is read from ``reply``)
         self.sent_at = 0.0  # when text was last sent
         self.lookups: list[dict[str, str]] = []
@@ -89,7 +90,8 @@ class Choice:
         self.version = ""
         self.finish_reason: str | None = None
         self.cancelled = False  # the client has gone: stop generating
-        self.queued_at = 0.0  # when it was queued (a tool call's next pass: 0, it joins at once)
+        self.queued_at = 0.0  # when it was queued (a tool call's next pass: when the call ended)
+        self.kept: Kept | None = None  # after a tool call: what the model has read so far, to go on from
 
     def visible(self, text: str, model: ServedModel, final: bool) -> tuple[str, bool]:
         """The part of this pass's ``text`` that may be sent now, and whether a stop string ended it."""
@@ -111,6 +113,15 @@ class Choice:
                     keep -= k
                     break
         return text[:keep], False
+
+
+@dataclass
+class Kept:
+    """A reply's cache after a tool call (``ids`` read by ``model``): its next pass reads only what follows."""
+
+    model: ServedModel
+    ids: list[int]
+    cache: Any
 
 
 @dataclass
@@ -136,10 +147,14 @@ class Row:
     tokens: list[int] = field(default_factory=list)
     done: bool = False
     stopped: bool = False  # a stop string ended it
+    calling: bool = False  # its text is a tool call: nothing is shown before the pass ends
+
+
+Watcher = Callable[[str], ServedModel | None]  # a model newer than the version served, or None (--watch)
 
 
 class Engine:
-    """The batching worker thread. ``submit`` queues choices; ``stats`` hooks see batch sizes and tokens."""
+    """The batching worker thread. ``submit`` queues choices; the hooks see batch sizes, tokens and the queue."""
 
     def __init__(self, model: ServedModel, max_batch: int = 32, window_s: float = 0.01,
                  on_batch: Callable[[int], None] | None = None, on_tokens: Callable[[int], None] | None = None,
@@ -155,6 +170,7 @@ class Engine:
         self._stopping = False
         self._on_batch, self._on_tokens, self._on_queue = on_batch, on_tokens, on_queue
         self._rng = torch.Generator().manual_seed(seed)
+        self._closed = threading.Event()
         self._thread = threading.Thread(target=self._work, name="lmpo-engine", daemon=True)
         self._thread.start()
 
@@ -169,11 +185,42 @@ class Engine:
             self._report_queue()
             self._cv.notify()
 
+    def cancel(self, choices: Sequence[Choice]) -> None:
+        """Stop generating for ``choices`` (their client has gone)."""
+        for c in choices:
+            c.cancelled = True
+
     def swap(self, model: ServedModel) -> None:
         """Serve ``model`` from the next batch on."""
         with self._cv:
             self._next = model
             self._cv.notify()
+
+    def watch(self, newer: Watcher, every_s: float, on_version: Callable[[str], None]) -> None:
+        """Ask ``newer`` every ``every_s`` for a model newer than the version served, and swap to it (until the
+        engine closes); ``on_version`` hears each new version."""
+        def poll() -> None:
+            while not self._closed.wait(every_s):
+                try:
+                    model = newer(self.version)
+                except Exception as e:  # noqa: BLE001  (a half-written or broken checkpoint: keep serving, retry)
+                    print(f"lmpo serve: could not load the newer checkpoint ({type(e).__name__}: {e})", flush=True)
+                    continue
+                if model is not None:
+                    self.swap(model)
+                    on_version(model.version)
+
+        threading.Thread(target=poll, name="lmpo-watch", daemon=True).start()
+
+    @property
+    def name(self) -> str:
+        """The model id clients ask for."""
+        return self.model.name
+
+    @property
+    def max_positions(self) -> int | None:
+        """The served model's positions (prompt + reply), if it has a limit."""
+        return self.model.max_positions
 
     @property
     def version(self) -> str:
@@ -187,6 +234,7 @@ class Engine:
 
     def close(self) -> None:
         """Stop once the batch in flight has ended (no row joins it meanwhile); queued choices get an error."""
+        self._closed.set()
         with self._cv:
             self._stopping = True
             self._cv.notify()
@@ -269,25 +317,69 @@ class Engine:
 
     @torch.no_grad()
     def _join(self, batch: Batch | None, choices: list[Choice]) -> Batch:
-        """Read the new choices' prompts (one pass) and add them to the batch, right-aligned."""
+        """Read the new choices' prompts and add them to the batch, right-aligned: fresh prompts in one pass, and
+        in another the replies that go on after a tool call, from what they had read (only what follows is read)."""
         model = self.model if batch is None else batch.model
-        policy = model.policy
         rows = [Row(c, self._prompt(model, c)) for c in choices]
+        going_on = [r for r in rows if self._goes_on(model, r)]
+        fresh = [r for r in rows if not any(r is g for g in going_on)]
+        parts = ([self._read(model, fresh)] if fresh else []) + ([self._read_on(model, going_on)] if going_on else [])
+        for r in rows:
+            r.choice.kept = None  # read: not needed any more
+        if batch is None and len(parts) == 1:
+            return parts[0]
+        return self._merge(([batch] if batch is not None else []) + parts)
+
+    @staticmethod
+    def _merge(batches: list[Batch]) -> Batch:
+        """The batches' unfinished rows as one batch (right-aligned, without the columns that are padding for every
+        row), in one copy of their caches."""
+        sources, masks, logits, rows = [], [], [], []
+        for b in batches:
+            live = [i for i, r in enumerate(b.rows) if not r.done]
+            index = None if len(live) == len(b.rows) else torch.tensor(live, dtype=torch.long, device=b.mask.device)
+            mask = b.mask if index is None else b.mask[index]
+            start = int(mask.any(0).int().argmax())
+            sources.append((b.cache, start, mask.shape[1], index))
+            masks.append(mask[:, start:])
+            logits.append(b.logits if index is None else b.logits[index])
+            rows += [b.rows[i] for i in live]
+        width = max(m.shape[1] for m in masks)
+        mask = torch.cat([torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], 1) for m in masks])
+        return Batch(batches[0].model, rows, cache_stack(sources), mask, torch.cat(logits), True)
+
+    @staticmethod
+    def _goes_on(model: ServedModel, row: Row) -> bool:
+        """Whether the row's cache from before its tool call holds the start of its new prompt (not so where the
+        prompt was cut to fit, or the reply's text reads back as other tokens)."""
+        kept = row.choice.kept
+        return (kept is not None and kept.model is model and len(kept.ids) < len(row.prompt)
+                and row.prompt[:len(kept.ids)] == kept.ids)
+
+    @staticmethod
+    def _read(model: ServedModel, rows: list[Row]) -> Batch:
+        """The rows' prompts read in one pass."""
+        policy = model.policy
         ids = left_pad([r.prompt for r in rows], policy.pad_id, next(policy.parameters()).device)
         mask = ids != policy.pad_id
         with policy._no_dropout():
             logits, _, cache = policy.body(ids, mask, keep=1)
-        new = Batch(model, rows, cache, mask, logits[:, -1], regroupable(cache))
-        if batch is None:
-            return new
-        batch = self._compact(batch)
-        width = max(batch.mask.shape[1], mask.shape[1])
+        return Batch(model, rows, cache, mask, logits[:, -1], regroupable(cache))
 
-        def aligned(m: Tensor) -> Tensor:  # (B, width): left-padded
-            return torch.cat([m.new_zeros(m.shape[0], width - m.shape[1]), m], 1)
-
-        return Batch(model, batch.rows + rows, cache_stack(batch.cache, batch.mask.shape[1], cache, mask.shape[1]),
-                     torch.cat([aligned(batch.mask), aligned(mask)]), torch.cat([batch.logits, new.logits]), True)
+    @staticmethod
+    def _read_on(model: ServedModel, rows: list[Row]) -> Batch:
+        """The rows' prompts after what their kept caches hold, read in one pass with those caches."""
+        policy = model.policy
+        kept = [r.choice.kept for r in rows if r.choice.kept is not None]
+        held = max(len(k.ids) for k in kept)
+        cache = cache_stack([(k.cache, 0, len(k.ids), None) for k in kept])
+        device = next(policy.parameters()).device
+        before = torch.tensor([[j >= held - len(k.ids) for j in range(held)] for k in kept], device=device)
+        ids = left_pad([r.prompt[len(k.ids):] for r, k in zip(rows, kept, strict=True)], policy.pad_id, device)
+        mask = torch.cat([before, ids != policy.pad_id], 1)  # the new text of a shorter one after a gap: masked out
+        with policy._no_dropout():
+            logits, _, cache = policy.body(ids, mask, cache, keep=1)
+        return Batch(model, rows, cache, mask, logits[:, -1], True)
 
     @torch.no_grad()
     def _step(self, batch: Batch) -> Batch | None:
@@ -297,23 +389,27 @@ class Engine:
         live = [r for r in batch.rows if not r.done]
         if self._on_batch is not None:
             self._on_batch(len(live))
-        tok = self._sample(model, batch.rows, batch.logits)  # (B,)
+        tokens = self._sample(model, batch.rows, batch.logits).tolist()  # (B,)
         again: list[Choice] = []
         for i, r in enumerate(batch.rows):
             if not r.done:
-                self._advance(model, r, int(tok[i]))
+                self._advance(model, r, tokens[i])
                 if r.done and self._finish(model, r):
+                    read = int(batch.mask[i].sum())  # the prompt and the reply's tokens fed so far
+                    cache = cache_row(batch.cache, i, batch.mask[i]) if batch.regroup else None
+                    r.choice.kept = None if cache is None else Kept(model, (r.prompt + r.tokens)[:read], cache)
                     again.append(r.choice)
-        if again:  # replies that called the tool: their next pass goes first
+        if again:  # replies that called the tool: their next pass goes first (and joins as newcomers do: a join
+            now = time.monotonic()  # at every step would cost more than it saves)
             for c in again:
-                c.queued_at = 0.0
+                c.queued_at = now
             with self._cv:
                 self._queue.extendleft(reversed(again))
                 self._report_queue()
         if all(r.done for r in batch.rows):
             return None
         if batch.regroup and 2 * sum(r.done for r in batch.rows) >= len(batch.rows):
-            batch = self._compact(batch)  # finished rows leave once they are half the batch (a copy of the cache)
+            batch = self._merge([batch])  # finished rows leave once they are half the batch (a copy of the cache)
         rows, cache, mask = batch.rows, batch.cache, batch.mask
         step = torch.tensor([policy.pad_id if r.done else r.tokens[-1] for r in rows], device=mask.device)
         mask = torch.cat([mask, (step != policy.pad_id).unsqueeze(1)], dim=1)
@@ -321,36 +417,32 @@ class Engine:
             logits, _, cache = policy.body(step.unsqueeze(1), mask, cache)
         return Batch(model, rows, cache, mask, logits[:, -1], batch.regroup, batch.steps + 1)
 
-    @staticmethod
-    def _compact(batch: Batch) -> Batch:
-        """The batch without its finished rows, and without the columns that are padding for every row left."""
-        if not any(r.done for r in batch.rows):
-            return batch
-        kept = torch.tensor([i for i, r in enumerate(batch.rows) if not r.done], dtype=torch.long,
-                            device=batch.mask.device)
-        mask = batch.mask[kept]
-        start = int(mask.any(0).int().argmax())
-        return Batch(batch.model, [batch.rows[i] for i in kept.tolist()],
-                     cache_rows(batch.cache, kept, start, mask.shape[1]), mask[:, start:], batch.logits[kept], True)
-
     def _sample(self, model: ServedModel, rows: list[Row], logits: Tensor) -> Tensor:
-        """One token per row, each row from its own temperature and top-p (rows that share them and whether
-        ``<eos>`` is still banned, at a reply's first token, together)."""
+        """One token per row, each row from its own temperature and top-p (rows that share them together; ``<eos>``
+        banned at a reply's first token)."""
         policy = model.policy
         out = torch.full((len(rows),), policy.pad_id, dtype=torch.long, device=logits.device)
-        groups: dict[tuple[float, float, int], list[int]] = {}
+        groups: dict[tuple[float, float], list[int]] = {}
         for i, r in enumerate(rows):
             if not r.done:
-                key = (r.choice.sampling.temperature, r.choice.sampling.top_p, min(len(r.tokens), 1))
-                groups.setdefault(key, []).append(i)
-        for (temperature, top_p, step), idx in groups.items():
+                groups.setdefault((r.choice.sampling.temperature, r.choice.sampling.top_p), []).append(i)
+        for (temperature, top_p), idx in groups.items():
             cfg = SamplingConfig(temperature=temperature, top_p=top_p, min_new_tokens=1, max_new_tokens=1)
-            logp = sampling_logprobs(logits[idx], step, cfg, policy.pad_id, policy.stop_ids)  # (b, V)
+            step = torch.tensor([len(rows[i].tokens) for i in idx], device=logits.device)
+            every = len(idx) == len(rows)
+            logp = sampling_logprobs(logits if every else logits[idx], step, cfg, policy.pad_id, policy.stop_ids)
             if cfg.greedy:
-                out[idx] = logp.argmax(-1)
-                continue
-            u = torch.cat([torch.rand(1, generator=rows[i].choice.generator or self._rng) for i in idx])
-            out[idx] = sample_categorical(logp, u.to(logp.device).unsqueeze(1))
+                token = logp.argmax(-1)
+            else:
+                u = torch.rand(len(idx), generator=self._rng)  # one draw for the rows without a seed of their own
+                for k, i in enumerate(idx):
+                    if rows[i].choice.generator is not None:
+                        u[k] = torch.rand(1, generator=rows[i].choice.generator)
+                token = sample_categorical(logp, u.to(logp.device).unsqueeze(1))
+            if every:
+                out = token
+            else:
+                out[idx] = token
         return out
 
     def _advance(self, model: ServedModel, row: Row, token: int) -> None:
@@ -364,9 +456,14 @@ class Engine:
             return
         row.tokens.append(token)
         row.done = len(row.tokens) >= choice.sampling.max_tokens
-        if not choice.stream and not choice.sampling.stop:
+        if (not choice.stream and not choice.sampling.stop) or row.calling:
             return  # nothing to send before the end, no stop string to look for
-        shown, row.stopped = choice.visible(decode_reply(model.tokenizer, row.tokens), model, final=False)
+        text = decode_reply(model.tokenizer, row.tokens)
+        start = model.tool_call_start
+        if model.tool is not None and (start is None or text.lstrip().startswith(start)):
+            row.calling = True  # held whole until the pass ends (no need to decode it at every step)
+            return
+        shown, row.stopped = choice.visible(text, model, final=False)
         row.done = row.done or row.stopped
         now = time.monotonic()
         # at most one delta per stream_interval_s (the first at once): under load a delta per token per stream is

@@ -15,7 +15,7 @@ from lmpo.policies.generation import generate, to_rollout
 from lmpo.policies.gpt import GPT, GPTConfig, rotary, rotate
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.recurrent import RecurrentLM
-from lmpo.policies.sampling import SamplingConfig, sampling_logprobs
+from lmpo.policies.sampling import SamplingConfig, outside_nucleus, sampling_logprobs
 from lmpo.train.runtime import autocast
 
 V, PAD, EOS = 40, 0, 2
@@ -254,3 +254,14 @@ def test_rotary_attention_depends_on_distance_not_place() -> None:
     assert not torch.allclose(score(7, 3), score(7, 5), atol=1e-2)
     with pytest.raises(ValueError, match="even head size"):
         GPT(GPTConfig(V, n_layer=1, n_head=4, d_model=12, positions="rotary"))
+
+
+@pytest.mark.parametrize("scale", [8.0, 0.5])  # peaked: the nucleus is among the first tokens; flat: it is not
+@pytest.mark.parametrize("top_p", [0.5, 0.9, 0.99])
+def test_top_p_keeps_the_nucleus_of_a_full_sort(scale: float, top_p: float) -> None:
+    torch.manual_seed(0)
+    x = torch.randn(16, 500) * scale
+    order = torch.argsort(x, dim=-1, descending=True)
+    probs = torch.softmax(x, -1).gather(-1, order)
+    nucleus = torch.zeros_like(x, dtype=torch.bool).scatter(-1, order, (probs.cumsum(-1) - probs) < top_p)
+    assert torch.equal(outside_nucleus(x, top_p), ~nucleus)

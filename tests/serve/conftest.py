@@ -52,14 +52,16 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def start_server(run_dir: Path, *args: str, port: int | None = None) -> LiveServer:
-    """``lmpo serve run_dir args`` on a free loopback port, once ``/health`` answers."""
+def start_server(run_dir: Path, *args: str, port: int | None = None, threads: int | None = 1) -> LiveServer:
+    """``lmpo serve run_dir args`` on a free loopback port (``threads``: its ``--threads``; None: its default), once
+    ``/health`` answers."""
     port = port or free_port()
     log = run_dir.parent / f"serve-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    flags = ["--port", str(port), *(() if threads is None else ("--threads", str(threads))), *args]
     with log.open("wb") as out:
-        proc = subprocess.Popen([sys.executable, "-m", "lmpo", "serve", str(run_dir), "--port", str(port),
-                                 "--threads", "1", *args], stdout=out, stderr=subprocess.STDOUT, env=env)
+        proc = subprocess.Popen([sys.executable, "-m", "lmpo", "serve", str(run_dir), *flags], stdout=out,
+                                stderr=subprocess.STDOUT, env=env)
     server = LiveServer(proc, f"http://127.0.0.1:{port}", run_dir, log)
     deadline = time.monotonic() + STARTUP_S
     while time.monotonic() < deadline:

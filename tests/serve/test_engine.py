@@ -17,10 +17,11 @@ from lmpo.api import served_model
 from lmpo.data import Turn
 from lmpo.data.tokenizer import decode_reply
 from lmpo.envs.support import Support, SupportSettings
+from lmpo.envs.text import MAX_TOOL_CALLS
 from lmpo.policies import GPT, GPTConfig, LMPolicy, SamplingConfig, generate
-from lmpo.policies.generation import left_pad
+from lmpo.policies.generation import cache_row, left_pad
 from lmpo.serve import FeedbackStore, ServeSettings, create_app
-from lmpo.serve.engine import Choice, Engine, Event, Sampling, ServedModel
+from lmpo.serve.engine import Choice, Engine, Event, Kept, Row, Sampling, ServedModel
 
 
 @pytest.fixture(scope="module")
@@ -183,6 +184,73 @@ def test_rows_joining_and_leaving_a_batch_decode_what_generate_decodes(model: Se
         gen = generate(policy, left_pad([prompt], policy.pad_id), SamplingConfig(temperature=0.0, max_new_tokens=n))
         alone = decode_reply(served.tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
         assert choice.reply == alone, line
+
+
+def test_a_reply_goes_on_after_its_lookups_from_what_it_had_read(model: ServedModel,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """After a lookup, a reply's next pass reads only what follows what the model had read (its cache is kept), and
+    decodes what reading the whole conversation afresh decodes: greedy replies with two lookups each, in a batch
+    where rows join and leave, equal ``generate`` on each pass's whole prompt."""
+    result = Turn("tool", "Widget | price: 3 EUR")
+    served = dataclasses.replace(tiny_gpt(model), tool=lambda reply: result, tool_call_start=None)
+    read_on: list[int] = []
+    original = Engine._read_on
+
+    def counted(model: ServedModel, rows: list) -> object:
+        read_on.append(len(rows))
+        return original(model, rows)
+
+    monkeypatch.setattr(Engine, "_read_on", staticmethod(counted))
+    lines, lengths = ["Hello", "How are you doing today, my friend?", "Hi", "What is the weather like?"], [7, 4, 9, 5]
+    engine = Engine(served, max_batch=8, window_s=0.0)
+    try:
+        ended = run(engine, [([Turn("user", line)], Sampling(temperature=0.0, max_tokens=n))
+                             for line, n in zip(lines, lengths, strict=True)])
+    finally:
+        engine.close()
+    assert read_on  # (a random model's replies mostly read back as other tokens: those passes read it all afresh)
+    policy = served.policy
+    for (choice, _), line, n in zip(ended, lines, lengths, strict=True):
+        history, calls = [Turn("user", line)], []
+        for _ in range(MAX_TOOL_CALLS + 1):  # every reply calls the tool, up to the limit; then the answer
+            prompt = served.chat.opening(history)[-min(served.max_context, 256 - n):]  # as the server cuts it
+            gen = generate(policy, left_pad([prompt], policy.pad_id), SamplingConfig(temperature=0.0, max_new_tokens=n))
+            reply = decode_reply(served.tokenizer, gen.tokens[0, gen.mask[0] > 0].tolist())
+            calls.append(reply)
+            history += [Turn("assistant", reply), result]
+        assert [lk["call"] for lk in choice.lookups] == calls[:-1], line
+        assert choice.reply == calls[-1], line
+
+
+@torch.no_grad()
+def test_reading_on_from_a_kept_cache_gives_what_reading_afresh_gives(model: ServedModel) -> None:
+    """Rows that go on from kept caches of different lengths, with new text of different lengths (left-padded after
+    their caches), get the next-token logits of their whole prompts read afresh."""
+    served = tiny_gpt(model)
+    enc = served.tokenizer
+    calls = ["[lookup: price of Widget]", "[lookup: delivery of the Golden Brass Backpack]", "[lookup: x]"]
+    lines = ["Hello", "How are you doing today, my friend?", "Hi"]
+    rows, kept = [], []
+    for line, call in zip(lines, calls, strict=True):
+        before = served.chat.opening([Turn("user", line)]) + enc.encode(call, add_special_tokens=False)
+        read = Engine._read(served, [Row(Choice([], Sampling(), lambda ev: None), before)])
+        kept.append(Kept(served, before, cache_row(read.cache, 0, read.mask[0])))
+        result = Turn("tool", "Widget | price: 3 EUR. " * (1 + len(line) % 3))
+        history = [Turn("user", line), Turn("assistant", call), result]
+        rows.append(Row(Choice(history, Sampling(), lambda ev: None), served.chat.opening(history)))
+        assert rows[-1].prompt[:len(before)] == before  # the new prompt starts with what was read
+    for row, k in zip(rows, kept, strict=True):
+        row.choice.kept = k
+        assert Engine._goes_on(served, row)
+    on = Engine._read_on(served, rows)
+    afresh = Engine._read(served, rows)
+    assert torch.allclose(on.logits, afresh.logits, atol=1e-4, rtol=1e-4)
+    # and a decoding step from either cache gives the same next logits
+    step = on.logits.argmax(-1)
+    for batch in (on, afresh):
+        mask = torch.cat([batch.mask, torch.ones(len(rows), 1, dtype=torch.bool)], 1)
+        batch.logits = served.policy.body(step.unsqueeze(1), mask, batch.cache)[0][:, -1]
+    assert torch.allclose(on.logits, afresh.logits, atol=1e-4, rtol=1e-4)
 
 
 def test_a_reply_with_lookups_ends_on_the_model_that_began_it(model: ServedModel) -> None:

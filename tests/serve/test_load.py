@@ -4,7 +4,10 @@ with SIGKILL mid-load loses no acknowledged completion or rating, and its databa
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -88,8 +91,14 @@ def test_sigkill_mid_load_loses_nothing_acknowledged(text_run: Path, tmp_path: P
             stop.set()
             await asyncio.gather(*tasks)
 
+    worker = workers(server.proc.pid)
+    assert len(worker) == 1
     asyncio.run(load())
     assert len(answered) >= 120
+    deadline = time.monotonic() + 30
+    while alive(worker[0]):  # the worker process sees its server gone and exits
+        assert time.monotonic() < deadline, "the generation worker outlived its killed server"
+        time.sleep(0.1)
     assert rows(server.run_dir, "PRAGMA integrity_check") == [("ok",)]
     stored = {r[0] for r in rows(server.run_dir, "SELECT id FROM completions")}
     assert set(answered) <= stored
@@ -107,3 +116,40 @@ async def _one(server: LiveServer) -> str:
     async with httpx.AsyncClient(timeout=60) as http:
         return await ask(http, server.url, 0, stream=False)
 
+
+
+def workers(pid: int) -> list[int]:
+    """The generation worker processes of server ``pid`` (its children started by multiprocessing's spawn, from
+    /proc; not multiprocessing's resource tracker)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            command = (stat.parent / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile
+            continue
+        if parent == pid and b"spawn_main" in command:
+            found.append(int(stat.parent.name))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """Whether process ``pid`` runs (an exited one not yet reaped is a zombie: not running)."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+def test_a_dead_generation_worker_stops_the_server(text_run: Path, tmp_path: Path) -> None:
+    """The model runs in a worker process: if it dies (killed, out of memory), the server says so and shuts down
+    (for its supervisor to restart it) instead of accepting requests it cannot answer."""
+    server = start_server(copy_run(text_run, tmp_path / "tiny"))
+    try:
+        worker = workers(server.proc.pid)
+        assert len(worker) == 1
+        os.kill(worker[0], signal.SIGKILL)
+        assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert "the generation worker stopped" in server.output(), server.output()
+    finally:
+        server.kill()
