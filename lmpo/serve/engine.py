@@ -9,8 +9,9 @@ batch to end. (A Hugging Face model's own cache cannot take rows in or out: its 
 
 Text reaches each choice as it is decoded (a streamed reply), except what may still turn into a stop string or a
 tool call. A reply that calls the model's tool (a Support bot's ``[lookup: ...]``) is answered by the tool on the
-server and the choice goes back to the front of the queue for its next pass: the client sees the answer, the record
-keeps the lookups. A new model (a reloaded checkpoint) takes over once the batch in flight has drained (no row joins
+server and the choice goes back to the front of the queue for its next pass, which keeps the reply's cache and reads
+only what follows it (the end of the call, the tool's answer): the client sees the answer, the record keeps the
+lookups. A new model (a reloaded checkpoint) takes over once the batch in flight has drained (no row joins
 it meanwhile): every reply is decoded by one model.
 """
 
