@@ -54,8 +54,20 @@ def served_model(run_dir: str | Path, quantize: str | None = None) -> Any:
     cfg, env = task.cfg, task.env
     return ServedModel(policy, task.tokenizer, task.chat, name=cfg.name, version=ckpt_name,
                        max_context=task.t.max_prompt_tokens,
-                       max_positions=cfg.policy.max_len if cfg.policy.kind == "transformer" else None,
+                       max_positions=_positions(cfg, policy),
                        tool=env.tool if env.tool_call_start is not None else None, tool_call_start=env.tool_call_start)
+
+
+def _positions(cfg: Any, policy: Any) -> int | None:
+    """The positions a served model has for prompt and reply: lmpo's transformer's ``max_len``, a Hugging Face
+    model's ``max_position_embeddings`` (GPT-2: ``n_positions``); None for recurrent models, which have no limit."""
+    if cfg.policy.kind == "transformer":
+        return int(cfg.policy.max_len)
+    if cfg.policy.kind == "hf":
+        config = policy.body.model.config
+        limit = getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None)
+        return None if limit is None else int(limit)
+    return None
 
 
 def newer_checkpoint(run_dir: str | Path, quantize: str | None, version: str) -> Any:

@@ -97,6 +97,9 @@ def test_hf_policy_keeps_its_own_tokenizer_and_embeddings(tmp_path: Path) -> Non
     shutil.rmtree(tmp_path / "model")  # the base model is gone: the run still loads, from its export
     policy, _ = lmpo.load(trainer.run_dir)
     assert torch.equal(policy.body.model.get_input_embeddings().weight, trained.get_input_embeddings().weight)
+    from lmpo.api import served_model
+
+    assert served_model(trainer.run_dir).max_positions == 128  # lmpo serve fits prompt and reply in n_positions
 
 
 def test_bf16_precision_trains_and_keeps_float32_weights(tmp_path: Path) -> None:
