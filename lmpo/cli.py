@@ -410,16 +410,6 @@ def _cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
-def torch_threads(threads: int | None) -> None:
-    """Set torch's CPU threads (None: torch's default)."""
-    if threads is not None:
-        if threads < 1:
-            raise ConfigError("--threads must be at least 1")
-        import torch
-
-        torch.set_num_threads(threads)
-
-
 def _cmd_feedback(args: argparse.Namespace) -> int:
     import json
 

@@ -172,8 +172,9 @@ def no_serving(monkeypatch: pytest.MonkeyPatch) -> None:
     (["--api-keys-file", "{file}"], "two keys-on-one-line\n", "no spaces"),
     (["--max-tokens", "0"], None, "--max-tokens must be at least 1"),
     (["--max-n", "0"], None, "--max-n must be at least 1"),
+    (["--threads", "0"], None, "--threads must be at least 1"),
 ], ids=["missing-file", "directory", "empty-file", "comments-only", "short-key", "empty-key", "key-with-space",
-        "short-key-in-file", "space-in-file", "max-tokens-0", "max-n-0"])
+        "short-key-in-file", "space-in-file", "max-tokens-0", "max-n-0", "threads-0"])
 def test_refused_settings(text_run: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str],
                           keys_file: str | None, message: str) -> None:
     if keys_file is not None:
