@@ -80,6 +80,7 @@ class _Outbox:
     def queued(self, n: int) -> None:
         with self.cv:
             self.queue = n
+            self.cv.notify()  # /health and /metrics see the queue move even when no text does
 
     def version(self, version: str) -> None:
         with self.cv:
@@ -96,7 +97,7 @@ class _Outbox:
     def _send(self) -> None:
         while True:
             with self.cv:
-                while not (self.events or self.versions or self.closing):
+                while not (self.events or self.versions or self.queue is not None or self.closing):
                     self.cv.wait()
                 message = ("events", self.events, self.batches, self.tokens, self.queue, self.versions)
                 self.events, self.batches, self.tokens, self.queue, self.versions = [], [], 0, None, []
@@ -147,8 +148,8 @@ def _worker(conn: Connection, source: ModelSource, max_batch: int, window_s: flo
                 live[key] = choice
                 choices.append(choice)
             engine.submit(choices)
-        elif message[0] == "cancel":
-            engine.cancel([live[k] for k in message[1] if k in live])
+        elif message[0] == "cancel":  # (a cancelled choice ends without an event: it is forgotten here)
+            engine.cancel([c for k in message[1] if (c := live.pop(k, None)) is not None])
         else:  # "close"
             break
     engine.close()
@@ -217,6 +218,8 @@ class EngineProcess:
         keys = [k for c in choices if (k := self._key_of.get(id(c))) is not None and k in self._live]
         if keys:
             self._send(("cancel", keys))
+        for k in keys:  # the worker sends nothing more for them
+            self._end(k)
 
     @property
     def version(self) -> str:
@@ -265,11 +268,14 @@ class EngineProcess:
         while True:
             try:
                 message = self._conn.recv()
-            except (EOFError, OSError):
+            except Exception:  # noqa: BLE001  (EOF: the worker has gone; anything else: it cannot be understood)
                 break
             if message[0] == "closed":
                 break
-            self._deliver(*message[1:])
+            try:
+                self._deliver(*message[1:])
+            except Exception as e:  # noqa: BLE001  (a hook's failure must not stop every reply after it)
+                print(f"lmpo serve: could not deliver the worker's events ({type(e).__name__}: {e})", flush=True)
         self._ended.set()
         if not self._closing:  # the worker died (killed, out of memory): this server cannot answer any more
             self._proc.join(timeout=5)

@@ -7,6 +7,7 @@ import json
 import sqlite3
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -22,6 +23,7 @@ from lmpo.policies import GPT, GPTConfig, LMPolicy, SamplingConfig, generate
 from lmpo.policies.generation import cache_row, left_pad
 from lmpo.serve import FeedbackStore, ServeSettings, create_app
 from lmpo.serve.engine import Choice, Engine, Event, Kept, Row, Sampling, ServedModel
+from lmpo.serve.worker import EngineProcess, ModelSource
 
 
 @pytest.fixture(scope="module")
@@ -271,3 +273,26 @@ def test_a_reply_with_lookups_ends_on_the_model_that_began_it(model: ServedModel
         assert after[0][0].version == "iter_0000009"  # and the new model takes over after it
     finally:
         engine.close()
+
+
+def test_the_worker_process_answers_forgets_cancelled_choices_and_closes(text_run: Path) -> None:
+    """``lmpo serve``'s engine in a process of its own: choices are answered across the pipe with their outcome;
+    cancelled ones are forgotten on both sides (a client that leaves costs nothing after), and it closes cleanly."""
+    ended: list[Event] = []
+    engine = EngineProcess(ModelSource(partial(served_model, text_run), threads=1), max_batch=4)
+    try:
+        assert (engine.name, engine.version) == ("tiny", "iter_0000000")
+        long = [Choice([Turn("user", "Hello")], Sampling(max_tokens=100_000), ended.append) for _ in range(3)]
+        engine.submit(long)
+        engine.cancel(long)
+        assert not engine._live and not engine._key_of  # nothing kept for them
+        done = threading.Event()
+        choice = Choice([Turn("user", "Hi")], Sampling(temperature=0.0, max_tokens=5),
+                        lambda ev: done.set() if ev.finish_reason or ev.error else None)
+        engine.submit([choice])
+        assert done.wait(60)
+        assert choice.finish_reason in ("stop", "length") and choice.version == "iter_0000000"
+        assert choice.completion_tokens >= 1 and choice.prompt_tokens > 0  # the outcome came back from the worker
+    finally:
+        engine.close()
+    assert not engine._proc.is_alive() and engine._proc.exitcode == 0
