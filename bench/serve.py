@@ -107,7 +107,7 @@ async def batches(http: httpx.AsyncClient, url: str) -> tuple[float, float]:
 def serve_and_load(run: Path, args: argparse.Namespace, lines: list[str], model: str, *flags: str) -> dict[str, float]:
     """A fresh server (its own feedback store) with ``flags``, under the load."""
     with tempfile.TemporaryDirectory() as tmp:
-        server = start_server(run, "--db", f"{tmp}/fb.sqlite", *flags, threads=args.threads)
+        server = start_server(run, "--db", f"{tmp}/fb.sqlite", *flags, threads=args.threads, log_dir=Path(tmp))
         try:
             return asyncio.run(load(server.url, model, lines, args.clients, args.requests, args.max_tokens))
         finally:

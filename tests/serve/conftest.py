@@ -52,11 +52,12 @@ class LiveServer:
         return self.log.read_text(errors="replace")
 
 
-def start_server(run_dir: Path, *args: str, port: int | None = None, threads: int | None = 1) -> LiveServer:
+def start_server(run_dir: Path, *args: str, port: int | None = None, threads: int | None = 1,
+                 log_dir: Path | None = None) -> LiveServer:
     """``lmpo serve run_dir args`` on a free loopback port (``threads``: its ``--threads``; None: its default), once
-    ``/health`` answers."""
+    ``/health`` answers; its output goes to ``serve-PORT.log`` in ``log_dir`` (default: beside the run)."""
     port = port or free_port()
-    log = run_dir.parent / f"serve-{port}.log"
+    log = (log_dir or run_dir.parent) / f"serve-{port}.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     flags = ["--port", str(port), *(() if threads is None else ("--threads", str(threads))), *args]
     with log.open("wb") as out:
