@@ -96,7 +96,9 @@ class StaticKV:
     def row(self, index: int, columns: Tensor) -> StaticKV:
         """Row ``index``'s cache at ``columns`` only (its real tokens: a reply that goes on after a tool call keeps
         what it has read)."""
-        return StaticKV.holding(self.k[:, index:index + 1, :, columns], self.v[:, index:index + 1, :, columns], room=0)
+        out = StaticKV.__new__(StaticKV)
+        out.k, out.v = self.k[:, index:index + 1, :, columns], self.v[:, index:index + 1, :, columns]  # (copies)
+        return out
 
     def write(self, layer: int, start: int, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
         """Store ``k, v (B, H, L, D)`` at ``start`` and return all keys and values up to ``start + L``."""

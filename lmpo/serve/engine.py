@@ -322,8 +322,10 @@ class Engine:
         in another the replies that go on after a tool call, from what they had read (only what follows is read)."""
         model = self.model if batch is None else batch.model
         rows = [Row(c, self._prompt(model, c)) for c in choices]
-        going_on = [r for r in rows if self._goes_on(model, r)]
-        fresh = [r for r in rows if not any(r is g for g in going_on)]
+        going_on: list[Row] = []
+        fresh: list[Row] = []
+        for r in rows:
+            (going_on if self._goes_on(model, r) else fresh).append(r)
         parts = ([self._read(model, fresh)] if fresh else []) + ([self._read_on(model, going_on)] if going_on else [])
         for r in rows:
             r.choice.kept = None  # read: not needed any more
