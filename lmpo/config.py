@@ -204,6 +204,10 @@ class AlgoBase(Section):
     ent_coef: float = Field(0.0, description="Entropy bonus weight.")
     max_grad_norm: float | None = Field(0.5, gt=0, description="Clip the global gradient norm (None: off).")
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
+    optimizer: Literal["auto", "flat_adam", "adam"] = Field(
+        "auto", description="Adam over the parameters that require gradients: 'flat_adam' re-homes them in one "
+        "buffer (one fused step; faster on small dense policies), 'adam' is torch's over the parameters as they are "
+        "(FSDP's sharded ones); 'auto' picks flat_adam unless the parameters are sharded.")
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
         "token_mean", description="How per-token policy losses add up: mean over the batch's tokens, mean per reply "
         "then over replies (GRPO), or sum per reply then mean over replies (Dr. GRPO).")

@@ -12,9 +12,9 @@ from lmpo.policies.base import Policy
 ALGORITHMS = {"reinforce": Reinforce, "trpo": TRPO, "ppo": PPO}
 
 
-def make_algorithm(cfg: ReinforceConfig | TRPOConfig | PPOConfig, policy: Policy) -> Algorithm:
-    """The algorithm named by ``cfg.name``, built for ``policy``."""
-    return ALGORITHMS[cfg.name](cfg, policy)
+def make_algorithm(cfg: ReinforceConfig | TRPOConfig | PPOConfig, policy: Policy, seed: int = 0) -> Algorithm:
+    """The algorithm named by ``cfg.name``, built for ``policy``; ``seed`` seeds its minibatch shuffles."""
+    return ALGORITHMS[cfg.name](cfg, policy, seed)
 
 
 __all__ = ["ALGORITHMS", "PPO", "TRPO", "Algorithm", "Reinforce", "conjugate_gradient", "make_algorithm"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Protocol
 
 import torch
@@ -39,6 +40,83 @@ def unique_parameters(*groups: list[nn.Parameter]) -> list[nn.Parameter]:
     return out
 
 
+def trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
+    """The parameters an optimiser moves: those that require gradients (frozen ones, such as a LoRA model's base
+    weights, stay where they are and cost no optimiser state)."""
+    return [p for p in params if p.requires_grad]
+
+
+class Optimizer(Protocol):
+    """Adam as the algorithms use it: a learning-rate schedule, one step per loss, state for checkpoints."""
+
+    def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
+        """Set and return the learning rate in force."""
+        ...
+
+    def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
+        """Backward, optional clipping, a step; returns the gradient norm before clipping."""
+        ...
+
+    def state_dict(self) -> dict[str, Any]:
+        """Moments and step count."""
+        ...
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        ...
+
+
+def _lr(optimizer: torch.optim.Optimizer, base_lr: float, progress: float, anneal: bool) -> float:
+    """Linear decay ``lr = base_lr * (1 - progress)`` when ``anneal``; returns the learning rate in force."""
+    lr = base_lr * (1.0 - progress) if anneal else base_lr
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    return lr
+
+
+class Adam:
+    """``torch.optim.Adam`` over the parameters as they are (sharded FSDP parameters included)."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, eps: float) -> None:
+        self.params = params
+        self.optimizer = torch.optim.Adam(params, lr=lr, eps=eps)
+
+    def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
+        """Linear decay when ``anneal``; returns the learning rate in force."""
+        return _lr(self.optimizer, base_lr, progress, anneal)
+
+    def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
+        """Backward, optional global-norm clipping, Adam step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf if max_grad_norm is None else max_grad_norm)
+        self.optimizer.step()
+        return norm
+
+    def state_dict(self) -> dict[str, Any]:
+        """Adam's moments and step count."""
+        return self.optimizer.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned."""
+        self.optimizer.load_state_dict(state)
+
+
+def make_optimizer(params: list[nn.Parameter], kind: str, lr: float, eps: float) -> Optimizer:
+    """Adam over the ``trainable`` of ``params``: ``flat_adam`` (one buffer; faster on small dense policies),
+    ``adam`` (torch's, for parameters that cannot share one buffer: FSDP's sharded ones), or ``auto``, the first
+    where it applies."""
+    params = trainable(params)
+    if not params:
+        raise ValueError("no parameter to train: every one of them is frozen (requires_grad=False)")
+    sharded = any(type(p.data) is not torch.Tensor for p in params)  # DTensor (FSDP2) or another subclass
+    if kind == "flat_adam" and sharded:
+        raise ValueError("algo.optimizer: flat_adam cannot re-home sharded (FSDP) parameters; use adam or auto")
+    if kind == "adam" or (kind == "auto" and sharded):
+        return Adam(params, lr, eps)
+    return FlatAdam(params, lr, eps)
+
+
 class FlatAdam:
     """Adam over parameters re-homed as views of one contiguous buffer, gradients too.
 
@@ -62,9 +140,7 @@ class FlatAdam:
 
     def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
         """Linear decay ``lr = base_lr * (1 - progress)`` when ``anneal``; returns the learning rate in force."""
-        lr = base_lr * (1.0 - progress) if anneal else base_lr
-        self.optimizer.param_groups[0]["lr"] = lr
-        return lr
+        return _lr(self.optimizer, base_lr, progress, anneal)
 
     def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
         """Backward, optional global-norm clipping, Adam step; returns the gradient norm before clipping."""
@@ -85,6 +161,27 @@ class FlatAdam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         self.optimizer.load_state_dict(state)
+
+
+class Shuffler:
+    """Random row orders for minibatches from the algorithm's own generator, seeded by the run: every process
+    draws the same ones (their collection streams differ), and so does a single process given the same batch."""
+
+    def __init__(self, seed: int) -> None:
+        self.generator = torch.Generator().manual_seed(seed)
+
+    def permutation(self, n: int, device: torch.device) -> Tensor:
+        """A random order of ``n`` rows."""
+        return torch.randperm(n, generator=self.generator).to(device)
+
+    def state_dict(self) -> dict[str, Any]:
+        """The generator's state."""
+        return {"generator": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what ``state_dict`` returned (a checkpoint without it keeps the fresh generator)."""
+        if "generator" in state:
+            self.generator.set_state(state["generator"])
 
 
 def value_error(values: Tensor, returns: Tensor, old_values: Tensor | None = None,

@@ -12,9 +12,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
+from lmpo.algorithms.base import Shuffler, make_optimizer, unique_parameters, value_error
 from lmpo.config import PPOConfig
 from lmpo.core import Rollout, loss_weights
+from lmpo.core.parallel import all_mean, share
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -52,12 +53,13 @@ def _last_step_metrics(w: Tensor, ev: Evaluation, pg: Tensor, v_err: Tensor | No
 class PPO:
     """Clipped-surrogate PPO with optional value clipping, KL early stop and linear annealing."""
 
-    def __init__(self, cfg: PPOConfig, policy: Policy) -> None:
+    def __init__(self, cfg: PPOConfig, policy: Policy, seed: int = 0) -> None:
         self.cfg = cfg
         self.use_value = cfg.advantage.needs_value  # RLOO and GRPO-style advantages train no value
         self.params = unique_parameters(policy.actor_parameters(),
                                         policy.critic_parameters() if self.use_value else [])
-        self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
+        self.optimizer = make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.adam_eps)
+        self.shuffler = Shuffler(seed)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """Epochs x minibatches of clipped-surrogate steps; stops early past ``target_kl``.
@@ -69,21 +71,24 @@ class PPO:
         cfg = self.cfg
         lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         clip = cfg.clip_range * (1.0 - progress) if cfg.anneal_clip else cfg.clip_range
-        lo, hi = _clip_bounds(rollout.advantages, clip)
         n_steps, stopped, epochs, last = 0, False, 0, None
         for epochs in range(1, cfg.epochs + 1):  # noqa: B007  (epochs is reported below)
-            for mb, w, mb_lo, mb_hi in self._minibatches(rollout, lo, hi):
-                w_loss = w if cfg.loss_aggregation == "token_mean" else loss_weights(mb.mask, cfg.loss_aggregation)
+            for whole in self._minibatches(rollout):
+                # weights over the whole minibatch, then this process's share of its rows (all of them in one)
+                w = whole.mask / whole.mask.sum()
+                w_loss = w if cfg.loss_aggregation == "token_mean" else loss_weights(whole.mask, cfg.loss_aggregation)
+                mb, (w, w_loss) = share(whole, w, w_loss)
                 assert mb.advantages is not None and mb.returns is not None
                 ev = policy.evaluate(mb.obs, mb.actions)
                 log_ratio = ev.log_probs - mb.logprobs
                 ratio = log_ratio.exp()
-                if cfg.target_kl is not None and _approx_kl(ratio, log_ratio, w) > cfg.target_kl:
+                if cfg.target_kl is not None and all_mean(_approx_kl(ratio, log_ratio, w)) > cfg.target_kl:
                     stopped = True
                     break
                 # clipped surrogate, the pessimistic bound -min(r A, clip(r, 1-eps, 1+eps) A), written as one
                 # clamp with per-step bounds (see _clip_bounds): same value and gradient, half the autograd nodes
-                pg = -mb.advantages * ratio.clamp(mb_lo, mb_hi)
+                lo, hi = _clip_bounds(mb.advantages, clip)
+                pg = -mb.advantages * ratio.clamp(lo, hi)
                 per_step = pg if cfg.ent_coef == 0 else pg - cfg.ent_coef * ev.entropy
                 loss = torch.dot(per_step.reshape(-1), w_loss.reshape(-1))  # aggregated over real steps
                 v_err = None
@@ -101,23 +106,19 @@ class PPO:
             metrics.update(_last_step_metrics(*last, clip))
         return metrics
 
-    def _minibatches(self, rollout: Rollout, lo: Tensor, hi: Tensor) -> list[tuple[Rollout, Tensor, Tensor, Tensor]]:
-        """Shuffled minibatches of rows with their mean weights ``mask / sum(mask)`` and clamp bounds.
-
-        When one minibatch holds the whole rollout it is used as it is (the order of rows is moot).
-        """
+    def _minibatches(self, rollout: Rollout) -> list[Rollout]:
+        """Shuffled minibatches of rows; when one minibatch holds the whole rollout it is used as it is (the order
+        of rows is moot)."""
         if rollout.batch_size <= self.cfg.batch_size:
-            return [(rollout, rollout.mask / rollout.mask.sum(), lo, hi)]
-        out = []
-        for rows in torch.randperm(rollout.batch_size).split(self.cfg.batch_size):
-            m = rollout.mask[rows]
-            out.append((rollout.select(rows), m / m.sum(), lo[rows], hi[rows]))
-        return out
+            return [rollout]
+        order = self.shuffler.permutation(rollout.batch_size, rollout.mask.device)
+        return [rollout.select(rows) for rows in order.split(self.cfg.batch_size)]
 
     def state_dict(self) -> dict[str, Any]:
-        """Optimiser state."""
-        return {"optimizer": self.optimizer.state_dict()}
+        """Optimiser state and the minibatch shuffler's generator."""
+        return {"optimizer": self.optimizer.state_dict(), "shuffler": self.shuffler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the optimiser."""
+        """Restore the optimiser and the shuffler."""
         self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffler.load_state_dict(state.get("shuffler", {}))

@@ -8,40 +8,43 @@ from __future__ import annotations
 
 from typing import Any
 
-from lmpo.algorithms.base import FlatAdam, unique_parameters, value_error
+from lmpo.algorithms.base import make_optimizer, unique_parameters, value_error
 from lmpo.config import ReinforceConfig
-from lmpo.core import Rollout, loss_weights, masked_mean
+from lmpo.core import Rollout, loss_weights
+from lmpo.core.parallel import share
 from lmpo.policies.base import Policy
 
 
 class Reinforce:
     """One policy-gradient step per rollout, with the value function (if any) regressed alongside."""
 
-    def __init__(self, cfg: ReinforceConfig, policy: Policy) -> None:
+    def __init__(self, cfg: ReinforceConfig, policy: Policy, seed: int = 0) -> None:
         self.cfg = cfg
         self.use_value = cfg.advantage.needs_value
         critic = policy.critic_parameters() if self.use_value else []
         self.params = unique_parameters(policy.actor_parameters(), critic)
-        self.optimizer = FlatAdam(self.params, cfg.lr, cfg.adam_eps)
+        self.optimizer = make_optimizer(self.params, cfg.optimizer, cfg.lr, cfg.adam_eps)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
         """``loss = -agg_t(log pi(a_t|s_t) * A_t) - c_ent * H + c_v * (V - G)^2``, ``agg`` the configured
         aggregation over the batch's tokens (``loss_weights``)."""
-        assert rollout.advantages is not None and rollout.returns is not None
         cfg, m = self.cfg, rollout.mask
+        # weights over the whole batch, then this process's share of its rows (all of them in one process)
+        rollout, (w_pg, w_mean) = share(rollout, loss_weights(m, cfg.loss_aggregation), m / m.sum().clamp_min(1.0))
+        assert rollout.advantages is not None and rollout.returns is not None
         lr = self.optimizer.set_lr(cfg.lr, progress, cfg.anneal_lr)
         ev = policy.evaluate(rollout.obs, rollout.actions)
-        pg_loss = -(ev.log_probs * rollout.advantages * loss_weights(m, cfg.loss_aggregation)).sum()
+        pg_loss = -(ev.log_probs * rollout.advantages * w_pg).sum()
         loss = pg_loss
         if cfg.ent_coef:
-            entropy = masked_mean(ev.entropy, m)
+            entropy = (ev.entropy * w_mean).sum()
             loss = loss - cfg.ent_coef * entropy
         else:  # reported only: no graph through a (B, T, V) entropy nobody differentiates
-            entropy = ev.reported_entropy(m)
+            entropy = ev.reported_entropy(rollout.mask)
         metrics: dict[str, Any] = {}
         if self.use_value:
             assert ev.values is not None
-            v_loss = masked_mean(value_error(ev.values, rollout.returns), m)
+            v_loss = (value_error(ev.values, rollout.returns) * w_mean).sum()
             loss = loss + cfg.vf_coef * v_loss
             metrics["losses/value"] = v_loss.detach()
         grad_norm = self.optimizer.step(loss, cfg.max_grad_norm)

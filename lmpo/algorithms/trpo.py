@@ -18,9 +18,10 @@ import torch
 from torch import Tensor, nn
 from torch.nn.utils import parameters_to_vector
 
-from lmpo.algorithms.base import FlatAdam, value_error
+from lmpo.algorithms.base import Shuffler, make_optimizer, value_error
 from lmpo.config import TRPOConfig
-from lmpo.core import Rollout, loss_weights, masked_mean
+from lmpo.core import Rollout, loss_weights
+from lmpo.core.parallel import all_mean, my_rows, share, world_size
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -61,39 +62,46 @@ def _assign(vector: Tensor, params: list[nn.Parameter]) -> None:
 class TRPO:
     """Trust-region policy step, then separate value regression."""
 
-    def __init__(self, cfg: TRPOConfig, policy: Policy) -> None:
+    def __init__(self, cfg: TRPOConfig, policy: Policy, seed: int = 0) -> None:
         self.cfg = cfg
-        self.actor = policy.actor_parameters()
+        self.actor = [p for p in policy.actor_parameters() if p.requires_grad]
         self.critic = policy.critic_parameters() if cfg.advantage.needs_value else []
-        self.optimizer = FlatAdam(self.critic, cfg.lr, cfg.adam_eps) if self.critic else None
+        self.optimizer = make_optimizer(self.critic, cfg.optimizer, cfg.lr, cfg.adam_eps) if self.critic else None
+        self.shuffler = Shuffler(seed)
 
     def update(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
-        """One trust-region policy step and ``vf_iters`` epochs of value regression."""
-        cfg, m, adv = self.cfg, rollout.mask, rollout.advantages
-        assert adv is not None and rollout.returns is not None
-        ev = policy.evaluate(rollout.obs, rollout.actions)
+        """One trust-region policy step and ``vf_iters`` epochs of value regression.
+
+        Each process works on its share of the rows; the gradient, the Fisher-vector products, the surrogate and
+        the KL are averaged over processes (``all_mean``), so every process takes the same step."""
+        cfg, whole = self.cfg, rollout
+        local, (w, w_mean) = share(whole, loss_weights(whole.mask, cfg.loss_aggregation),
+                                   whole.mask / whole.mask.sum().clamp_min(1.0))
+        adv = local.advantages
+        assert adv is not None and local.returns is not None
+        ev = policy.evaluate(local.obs, local.actions)
         old_dist = ev.dist.detach()  # pi_old: the policy before this update
-        w = loss_weights(m, cfg.loss_aggregation)
 
         def surrogate_and_kl(ev: Evaluation) -> tuple[Tensor, Tensor]:
-            ratio = (ev.log_probs - rollout.logprobs).exp()
-            return (ratio * adv * w).sum(), masked_mean(policy.kl(old_dist, ev.dist), m)
+            ratio = (ev.log_probs - local.logprobs).exp()
+            return (ratio * adv * w).sum(), (policy.kl(old_dist, ev.dist) * w_mean).sum()
 
         # step 1. policy gradient of the surrogate (KL from the same forward pass; it is 0 with zero gradient
         # here, but its Hessian is the Fisher matrix)
         surr, kl = surrogate_and_kl(ev)
-        g = flat_grad(surr, self.actor, retain_graph=True)
+        g = all_mean(flat_grad(surr, self.actor, retain_graph=True))
         # step 2. Fisher-vector products: F v = d/dtheta (grad KL . v), + damping v; on a random share of
         # the rows when fvp_fraction < 1 (the Fisher matrix is an average over states: a subsample estimates it)
         if cfg.fvp_fraction < 1.0:
-            n = max(1, round(cfg.fvp_fraction * rollout.batch_size))
-            rows = torch.randperm(rollout.batch_size, device=m.device)[:n]
-            sub = rollout.select(rows)
-            kl = masked_mean(policy.kl(old_dist[rows], policy.evaluate(sub.obs, sub.actions).dist), sub.mask)
+            n = max(1, round(cfg.fvp_fraction * whole.batch_size))
+            sub = whole.select(self.shuffler.permutation(whole.batch_size, whole.mask.device)[:n])
+            sub, (sub_w,) = share(sub, sub.mask / sub.mask.sum().clamp_min(1.0))
+            sub_dist = policy.evaluate(sub.obs, sub.actions).dist  # pi_old too: the parameters have not moved yet
+            kl = (policy.kl(sub_dist.detach(), sub_dist) * sub_w).sum()
         grad_kl = flat_grad(kl, self.actor, create_graph=True)
 
         def fvp(v: Tensor) -> Tensor:
-            return flat_grad(grad_kl @ v, self.actor, retain_graph=True) + cfg.cg_damping * v
+            return all_mean(flat_grad(grad_kl @ v, self.actor, retain_graph=True)) + cfg.cg_damping * v
 
         step_dir = conjugate_gradient(fvp, g, cfg.cg_iters)
         # step 3. scale to the trust region: 0.5 beta^2 x^T F x = max_kl
@@ -103,12 +111,14 @@ class TRPO:
         # step 4. backtracking line search: accept only if the surrogate improves and KL <= max_kl
         old_params = parameters_to_vector(self.actor).detach().clone()
         accepted, steps, new_kl, improvement = False, 0, torch.zeros(()), torch.zeros(())
+        surr = all_mean(surr.detach())
         with torch.no_grad():
             frac = 1.0
             for steps in range(1, cfg.backtrack_iters + 1):  # noqa: B007  (steps is reported below)
                 _assign(old_params + frac * full_step, self.actor)
-                new_surr, new_kl = surrogate_and_kl(policy.evaluate(rollout.obs, rollout.actions))
-                improvement = new_surr - surr.detach()
+                new_surr, new_kl = surrogate_and_kl(policy.evaluate(local.obs, local.actions))
+                new_surr, new_kl = all_mean(torch.stack([new_surr, new_kl])).unbind()
+                improvement = new_surr - surr
                 if new_kl <= cfg.max_kl and improvement > 0:
                     accepted = True
                     break
@@ -117,7 +127,7 @@ class TRPO:
                 _assign(old_params, self.actor)
                 new_kl, improvement = torch.zeros(()), torch.zeros(())
         metrics = {
-            "losses/policy": -float(surr.detach()), "losses/entropy": float(ev.reported_entropy(m)),
+            "losses/policy": -float(surr), "losses/entropy": float(ev.reported_entropy(local.mask)),
             "trpo/kl": float(new_kl), "trpo/accepted": float(accepted), "trpo/line_search_steps": float(steps),
             "trpo/step_fraction": frac if accepted else 0.0, "trpo/improvement": float(improvement),
             "trpo/expected_improvement": float(expected),
@@ -125,7 +135,7 @@ class TRPO:
         metrics["charts/approx_kl"] = metrics["trpo/kl"]
         # step 5. value function regression (its own parameters, so the trust region is untouched)
         if self.optimizer is not None:
-            metrics.update(self._fit_value(policy, rollout, progress))
+            metrics.update(self._fit_value(policy, whole, progress))
         return metrics
 
     def _fit_value(self, policy: Policy, rollout: Rollout, progress: float) -> dict[str, float]:
@@ -134,19 +144,25 @@ class TRPO:
         lr = self.optimizer.set_lr(self.cfg.lr, progress, self.cfg.anneal_lr)
         total, n = torch.zeros(()), 0
         for _ in range(self.cfg.vf_iters):
-            for rows in torch.randperm(rollout.batch_size).split(self.cfg.vf_batch_size):
-                # only what the regression reads (indexing the whole rollout costs as much as a forward pass)
+            order = self.shuffler.permutation(rollout.batch_size, rollout.mask.device)
+            for rows in order.split(self.cfg.vf_batch_size):
+                # the minibatch's masked mean as a sum over this process's share (see lmpo.core.parallel); only what
+                # the regression reads (indexing the whole rollout costs as much as a forward pass)
+                scale = world_size() / rollout.mask[rows].sum().clamp_min(1.0)
+                rows = my_rows(rows)
                 obs, returns, mask = rollout.obs[rows], rollout.returns[rows], rollout.mask[rows]
-                loss = masked_mean(value_error(policy.value(obs, rollout.actions[rows]), returns), mask)
+                loss = (value_error(policy.value(obs, rollout.actions[rows]), returns) * mask).sum() * scale
                 self.optimizer.step(loss, self.cfg.max_grad_norm)
                 total, n = total + loss.detach(), n + 1
         return {"losses/value": float(total) / max(n, 1), "charts/lr": lr}
 
     def state_dict(self) -> dict[str, Any]:
-        """Value-function optimiser state."""
-        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict()}
+        """Value-function optimiser state and the generator of minibatches and Fisher subsamples."""
+        return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict(),
+                "shuffler": self.shuffler.state_dict()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore the value-function optimiser."""
+        """Restore the value-function optimiser and the shuffler."""
         if self.optimizer is not None and state.get("optimizer") is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        self.shuffler.load_state_dict(state.get("shuffler", {}))

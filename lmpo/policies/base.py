@@ -109,6 +109,23 @@ class Policy(Protocol):
         ...
 
 
+class ForwardEvaluation:
+    """``evaluate`` and ``value`` by calling the module, so through ``forward(obs, actions, value_only)``: DDP's
+    gradient hooks and FSDP's unsharding run in ``__call__``, and a method that bypassed it would skip them."""
+
+    def evaluate(self, obs: Any, actions: Tensor) -> Evaluation:
+        """Log-probs, entropy, values and distribution parameters of ``actions``, with gradients."""
+        out = self(obs, actions)  # type: ignore[operator]
+        assert isinstance(out, Evaluation)
+        return out
+
+    def value(self, obs: Any, actions: Tensor | None = None) -> Tensor:
+        """``V(s)`` alone (cheaper than ``evaluate`` where the value has its own network)."""
+        out = self(obs, actions, value_only=True)  # type: ignore[operator]
+        assert isinstance(out, Tensor)
+        return out
+
+
 def save_weights(module: nn.Module, path: str | Path) -> None:
     """``module.state_dict()`` as safetensors. Copies: parameters may be views of one optimiser buffer,
     and safetensors refuses tensors that share storage."""

@@ -14,7 +14,7 @@ from typing import Any, Protocol
 import torch
 from torch import Tensor, nn
 
-from lmpo.policies.base import Evaluation, PolicyStep, unpack
+from lmpo.policies.base import Evaluation, ForwardEvaluation, PolicyStep, unpack
 from lmpo.policies.sampling import SamplingConfig, entropy_of, kl_of, sampling_logprobs
 
 
@@ -40,7 +40,7 @@ def kept_positions(h: Tensor, keep: int | Tensor) -> Tensor:
     return h[:, -keep:] if keep else h
 
 
-class LMPolicy(nn.Module):
+class LMPolicy(ForwardEvaluation, nn.Module):
     """A language model as a policy: actions are tokens, a row is one reply."""
 
     markov = False
@@ -99,18 +99,16 @@ class LMPolicy(nn.Module):
         out = generate(self, obs, self.sampling.as_greedy() if deterministic else None)
         return PolicyStep(out.tokens, out.logprobs, out.values, out.mask)
 
-    def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
-        """Log-probs, values and distributions of every reply token of the batch in one forward pass."""
+    def forward(self, obs: Tensor, actions: Tensor | None = None, value_only: bool = False) -> Evaluation | Tensor:
+        """``evaluate``: log-probs, values and distributions of every reply token of the batch in one pass;
+        ``value``: ``V`` at every reply position ``(B, T)`` (the value needs the reply it is read along)."""
+        if actions is None:
+            raise ValueError("a language-model policy scores replies: pass the actions")
         logp_all, values, mask = self._score(obs, actions)
+        if value_only:
+            return values * mask
         logp = logp_all.gather(-1, actions[mask].unsqueeze(-1)).squeeze(-1)  # (N,)
         return Evaluation(unpack(logp, mask), values * mask, logp_all, entropy_of, steps=mask)
-
-    def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
-        """``V`` at every reply position ``(B, T)`` (the value needs the reply it is read along)."""
-        if actions is None:
-            raise ValueError("a language-model value is read along a reply: pass the actions")
-        _, values, mask = self._score(obs, actions)
-        return values * mask
 
     def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:
         """``KL(old || new)`` per token over the vocabulary."""

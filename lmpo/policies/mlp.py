@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lmpo.policies.base import Evaluation, PolicyStep
+from lmpo.policies.base import Evaluation, ForwardEvaluation, PolicyStep
 
 _LOG_2PI = math.log(2.0 * math.pi)
 _ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {"tanh": torch.tanh, "relu": torch.relu, "gelu": F.gelu}
@@ -77,7 +77,7 @@ class MLP(nn.Module):
         return x
 
 
-class MLPPolicy(nn.Module):
+class MLPPolicy(ForwardEvaluation, nn.Module):
     """Actor MLP with a categorical or diagonal-Gaussian head, plus a value function.
 
     ``critic="separate"`` gives the value function its own MLP (needed by TRPO, whose natural-gradient
@@ -128,7 +128,7 @@ class MLPPolicy(nn.Module):
     def _features(self, obs: Tensor) -> Tensor:
         return self.normalizer(obs) if self.normalizer is not None else obs
 
-    def forward(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
+    def heads(self, obs: Tensor) -> tuple[Tensor, Tensor | None]:
         """Distribution parameters ``(..., P)`` and values ``(...)`` in one pass."""
         x = self._features(obs)
         if self.critic_kind == "separate" and not self.training and not torch.is_grad_enabled():
@@ -198,7 +198,7 @@ class MLPPolicy(nn.Module):
     @torch.no_grad()
     def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:
         """Actions for ``obs`` ``(N, obs_dim)``; Gaussian actions are unclipped (the env wrapper clips)."""
-        dist, values = self.forward(obs)
+        dist, values = self.heads(obs)
         if self.discrete:
             if deterministic:
                 actions = dist.argmax(-1)
@@ -211,17 +211,17 @@ class MLPPolicy(nn.Module):
             actions = mean if deterministic else mean + log_std.exp() * torch.randn_like(mean)
         return PolicyStep(actions, self._log_prob(dist, actions), values)
 
-    def evaluate(self, obs: Tensor, actions: Tensor) -> Evaluation:
-        """Log-probs, entropy, values and distribution parameters of ``actions`` ``(B, T, ...)``."""
-        dist, values = self.forward(obs)
+    def forward(self, obs: Tensor, actions: Tensor | None = None, value_only: bool = False) -> Evaluation | Tensor:
+        """``evaluate``: log-probs, entropy, values and distribution parameters of ``actions`` ``(B, T, ...)``;
+        ``value``: ``V(s)`` alone (``actions`` are not needed), an error without a value function."""
+        if value_only:
+            if self.critic is None:
+                raise RuntimeError("this policy has no value function (critic='none')")
+            x = self._features(obs)
+            return self.critic(self.trunk(x) if self.critic_kind == "shared" else x).squeeze(-1)
+        assert actions is not None
+        dist, values = self.heads(obs)
         return Evaluation(self._log_prob(dist, actions), values, dist, self._entropy)
-
-    def value(self, obs: Tensor, actions: Tensor | None = None) -> Tensor:
-        """``V(s)`` (``actions`` are not needed); raises for a policy built without a value function."""
-        if self.critic is None:
-            raise RuntimeError("this policy has no value function (critic='none')")
-        x = self._features(obs)
-        return self.critic(self.trunk(x) if self.critic_kind == "shared" else x).squeeze(-1)
 
     def kl(self, old_dist: Tensor, new_dist: Tensor) -> Tensor:
         """Analytic ``KL(old || new)`` per step."""

@@ -131,7 +131,7 @@ class Trainer:
             self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
         if resume and state is None:  # resumed before its first checkpoint: record overrides pre-training took
             save_config(cfg, self.run_dir)
-        self.algo = make_algorithm(cfg.algo, self.policy)
+        self.algo = make_algorithm(cfg.algo, self.policy, cfg.seed)
         self.iteration, self.next_eval = 0, cfg.train.eval_every
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
         self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0

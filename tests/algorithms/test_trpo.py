@@ -42,7 +42,7 @@ def test_fisher_vector_product_equals_kl_hessian() -> None:
     def kl_of(theta: torch.Tensor) -> torch.Tensor:
         chunks = theta.split([s.numel() for s in shapes])
         state = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes)}
-        dist, _ = functional_call(pol, state, (ro.obs,), strict=False)  # MLPPolicy.forward -> (dist, values)
+        dist = functional_call(pol, state, (ro.obs, ro.actions), strict=False).dist  # MLPPolicy.forward: Evaluation
         return masked_mean(pol.kl(old, dist), ro.mask)
 
     h = hessian(kl_of)(theta0)

@@ -105,9 +105,9 @@ def test_fused_inference_equals_separate_networks(kind: str) -> None:
     pol = make_policy(kind)
     obs = torch.randn(64, pol.obs_dim)
     with torch.no_grad():
-        ref_dist, ref_values = pol.forward(obs)  # train mode: actor and critic run separately
+        ref_dist, ref_values = pol.heads(obs)  # train mode: actor and critic run separately
         pol.eval()
-        dist, values = pol.forward(obs)
+        dist, values = pol.heads(obs)
         assert pol._fused is not None
     assert torch.allclose(dist, ref_dist, atol=1e-6) and torch.allclose(values, ref_values, atol=1e-6)
     # the fused weights never outlive a mode switch, so an update between rollouts is always seen
@@ -117,7 +117,7 @@ def test_fused_inference_equals_separate_networks(kind: str) -> None:
         for p in pol.critic_parameters():
             p.add_(0.1)
         pol.eval()
-        _, moved = pol.forward(obs)
+        _, moved = pol.heads(obs)
     assert not torch.allclose(moved, ref_values)
 
 
@@ -127,6 +127,6 @@ def test_fused_inference_sees_loaded_weights() -> None:
     pol.eval()
     other.eval()
     with torch.no_grad():
-        pol.forward(obs)  # builds the fused weights
+        pol.heads(obs)  # builds the fused weights
         pol.load_state_dict(other.state_dict())
-        assert torch.allclose(pol.forward(obs)[1], other.forward(obs)[1], atol=1e-6)
+        assert torch.allclose(pol.heads(obs)[1], other.heads(obs)[1], atol=1e-6)
