@@ -124,6 +124,7 @@ def _start(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
     """The trainer of a fresh run in its newly claimed directory, or of a resumed one. A fresh start that fails on
     the user's mistake before it has anything to resume from removes its directory: nothing is left that looks
     like a run; pre-training's checkpoint (a disk that filled up an hour in) is kept for ``--resume``."""
+    from lmpo.train import distributed
     from lmpo.train.text_task import PRETRAIN_DIR
     from lmpo.train.trainer import Trainer
 
@@ -132,25 +133,45 @@ def _start(cfg: Config, run_dir: Path, resume: bool) -> Trainer:
         return Trainer(cfg, run_dir=run_dir, resume=resume)
     except failures:
         resumable = (run_dir / PRETRAIN_DIR / "state.pt").is_file() or any(run_dir.glob("checkpoints/iter_*"))
-        if not resume and not resumable:
+        if not resume and not resumable and distributed.rank() == 0:
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from lmpo.train.rundir import claim_run_dir
-    from lmpo.train.trainer import read_run_config
+    """``lmpo train``, in one process or in each of the processes ``torchrun`` starts (data-parallel)."""
+    from lmpo.train import distributed
 
     if args.resume:
-        run_dir = Path(args.resume)
+        from lmpo.train.trainer import read_run_config
+
         overrides = ([args.config] if args.config else []) + args.overrides  # CONFIG slot may hold an override
-        cfg = read_run_config(run_dir, overrides)
+        cfg = read_run_config(Path(args.resume), overrides)
     else:
         cfg = load_recipe(*_config_and_overrides(args))
-        run_dir = claim_run_dir(cfg.train.runs_dir, cfg.name)
-    print(f"run directory: {run_dir}")  # before pre-training, which may take minutes
-    trainer = _start(cfg, run_dir, bool(args.resume))
+    distributed.init(cfg.train.device)
+    try:
+        return _train(cfg, args.resume)
+    finally:
+        distributed.close()
+
+
+def _train(cfg: Config, resume: str | None) -> int:
+    from lmpo.train import distributed
+    from lmpo.train.rundir import claim_run_dir
+
+    lead = distributed.rank() == 0  # under torchrun rank 0 claims the directory and reports; the others train
+    if resume:
+        run_dir = Path(resume)
+    else:
+        run_dir = distributed.broadcast(claim_run_dir(cfg.train.runs_dir, cfg.name) if lead else None)
+    if lead:
+        print(f"run directory: {run_dir}" + (f" ({distributed.world_size()} processes)"
+                                             if distributed.world_size() > 1 else ""))  # before pre-training
+    trainer = _start(cfg, run_dir, bool(resume))
     summary = trainer.train()
+    if not lead:
+        return 0
     if not cfg.is_text:
         print(f"done: {summary['env_steps']} env steps, {summary['iterations']} updates, "
               f"eval return {summary['eval/mean_return']:.2f} +/- {summary['eval/std_return']:.2f}")

@@ -278,8 +278,10 @@ class TrainConfig(Section):
     eval_episodes: int = Field(10, ge=1, description="Deterministic episodes per evaluation.")
     checkpoint_every: int = Field(10, ge=1, description="Save a checkpoint every this many updates.")
     keep_checkpoints: int = Field(2, ge=1, description="How many recent checkpoints to keep on disk.")
-    threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch's default).")
-    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'.")
+    threads: int | None = Field(1, ge=1, description="torch CPU threads (None: torch's default); under torchrun at "
+                                "most each process's share of the cores.")
+    device: str = Field("cpu", description="'cpu', 'cuda', 'cuda:N' or 'auto'; under torchrun 'cuda' or 'auto' "
+                        "(each process takes the GPU of its LOCAL_RANK).")
     precision: Literal["fp32", "bf16"] = Field(
         "fp32", description="'bf16' (text environments): pre-training, rollouts and updates under "
         "torch.autocast to bfloat16 (weights, optimiser and losses stay float32; evaluation runs in float32). "

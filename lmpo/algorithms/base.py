@@ -19,6 +19,11 @@ class Algorithm(Protocol):
         """One update from ``rollout``; ``progress`` in [0, 1) is the fraction of training done."""
         ...
 
+    def gradient_parameters(self) -> list[nn.Parameter]:
+        """The parameters its optimiser steps from backward passes (data-parallel training averages their
+        gradients)."""
+        ...
+
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state, for checkpoints."""
         ...
@@ -48,6 +53,8 @@ def trainable(params: list[nn.Parameter]) -> list[nn.Parameter]:
 
 class Optimizer(Protocol):
     """Adam as the algorithms use it: a learning-rate schedule, one step per loss, state for checkpoints."""
+
+    params: list[nn.Parameter]  # what it trains
 
     def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
         """Set and return the learning rate in force."""

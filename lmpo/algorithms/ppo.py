@@ -10,7 +10,7 @@ import math
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from lmpo.algorithms.base import Shuffler, make_optimizer, unique_parameters, value_error
 from lmpo.config import PPOConfig
@@ -113,6 +113,10 @@ class PPO:
             return [rollout]
         order = self.shuffler.permutation(rollout.batch_size, rollout.mask.device)
         return [rollout.select(rows) for rows in order.split(self.cfg.batch_size)]
+
+    def gradient_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains."""
+        return self.optimizer.params
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state and the minibatch shuffler's generator."""

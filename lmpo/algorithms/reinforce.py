@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch import nn
+
 from lmpo.algorithms.base import make_optimizer, unique_parameters, value_error
 from lmpo.config import ReinforceConfig
 from lmpo.core import Rollout, loss_weights
@@ -51,6 +53,10 @@ class Reinforce:
         metrics.update({"losses/policy": pg_loss.detach(), "losses/entropy": entropy.detach(),
                         "charts/grad_norm": grad_norm, "charts/lr": lr})
         return {k: float(v) for k, v in metrics.items()}
+
+    def gradient_parameters(self) -> list[nn.Parameter]:
+        """What the optimiser trains."""
+        return self.optimizer.params
 
     def state_dict(self) -> dict[str, Any]:
         """Optimiser state."""

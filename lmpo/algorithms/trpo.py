@@ -156,6 +156,10 @@ class TRPO:
                 total, n = total + loss.detach(), n + 1
         return {"losses/value": float(total) / max(n, 1), "charts/lr": lr}
 
+    def gradient_parameters(self) -> list[nn.Parameter]:
+        """The value function's (the actor moves by conjugate gradient, on averaged gradients of its own)."""
+        return [] if self.optimizer is None else self.optimizer.params
+
     def state_dict(self) -> dict[str, Any]:
         """Value-function optimiser state and the generator of minibatches and Fisher subsamples."""
         return {"optimizer": None if self.optimizer is None else self.optimizer.state_dict(),

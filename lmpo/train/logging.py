@@ -101,6 +101,21 @@ class MetricsLogger:
                     self.wandb.close()
 
 
+class NullLogger:
+    """Where the records of a process that does not write go (under torchrun, every rank but 0)."""
+
+    finished = False
+
+    def log(self, step: int, record: dict[str, Any]) -> None:
+        """Nothing."""
+
+    def samples(self, step: int, iteration: int, rows: list[dict[str, Any]]) -> None:
+        """Nothing."""
+
+    def close(self) -> None:
+        """Nothing."""
+
+
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     """Rows of equal keys as a Markdown table (TensorBoard's text panel renders it); cells on one line."""
     keys = list(rows[0])

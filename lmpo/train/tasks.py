@@ -20,6 +20,7 @@ from lmpo.config import Config
 from lmpo.core import Rollout
 from lmpo.envs import make_vector_env
 from lmpo.policies.mlp import MLPPolicy
+from lmpo.train import distributed
 from lmpo.train.collect import ControlCollector
 from lmpo.train.evaluate import evaluate_policy
 
@@ -74,13 +75,11 @@ class ControlTask:
 
     def __init__(self, cfg: Config, device: torch.device) -> None:
         self.cfg, self.device = cfg, device
-        env = make_vector_env(cfg.env.id, cfg.env.num_envs, cfg.env.vectorization, cfg.env.kwargs)
-        self.collector = ControlCollector(env, cfg.seed, device)
-
-    @property
-    def steps(self) -> int:
-        """Environment steps taken."""
-        return self.collector.total_steps
+        # under torchrun each process steps its share of the environments; global env i is seeded seed + i
+        n = distributed.split(cfg.env.num_envs, "env.num_envs")
+        env = make_vector_env(cfg.env.id, n, cfg.env.vectorization, cfg.env.kwargs)
+        self.collector = ControlCollector(env, cfg.seed + n * distributed.rank(), device)
+        self.steps = 0  # environment steps of every process
 
     def build_policy(self) -> MLPPolicy:
         """The MLP described by ``cfg.policy`` for the environment's spaces."""
@@ -94,13 +93,18 @@ class ControlTask:
 
     def collect(self, policy: MLPPolicy) -> tuple[Rollout, dict[str, float]]:
         """Fixed-length rows or whole episodes; the environments' own rewards."""
+        before = self.collector.total_steps
         if self.cfg.rollout.mode == "steps":
             rollout = self.collector.collect_steps(policy, self.cfg.rollout.steps_per_env)
         else:
             rollout = self.collector.collect_episodes(policy, self.cfg.rollout.episodes_per_env)
+        rollout = distributed.gather_rollout(rollout)  # every process's rows, on every process
+        recent = [e for part in distributed.all_gather(list(self.collector.recent)) for e in part]
+        (taken,) = distributed.sum_ints(self.collector.total_steps - before)
+        self.steps += taken
         stats: dict[str, float] = {}
-        if self.collector.recent:
-            rets, lens = zip(*self.collector.recent, strict=True)
+        if recent:
+            rets, lens = zip(*recent, strict=True)
             stats = {"charts/episode_return": float(np.mean(rets)), "charts/episode_length": float(np.mean(lens))}
         return rollout, stats
 
@@ -131,8 +135,8 @@ class ControlTask:
 
     def restore(self, state: bytes | None, steps: int) -> None:
         """Replace the collector by the saved one (or only its step count for async envs)."""
+        self.steps = steps
         if state is None:
-            self.collector.total_steps = steps
             return
         self.collector.env.close()
         self.collector = pickle.loads(state)

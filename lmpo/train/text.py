@@ -32,6 +32,7 @@ from lmpo.policies.generation import Generation, generate, left_pad, to_rollout
 from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
 
+Gather = Callable[[Rollout, "Played", Tensor], tuple[Rollout, "Played", Tensor]]
 Scorer = Callable[[list[str], list[str], dict[str, list[Any]]], tuple[list[float], dict[str, list[float]]]]
 
 
@@ -138,15 +139,18 @@ class ConversationCollector:
 
     # --------------------------------------------------------------------------------- the three steps
     @torch.no_grad()
-    def collect(self, policy: LMPolicy, indices: Sequence[int] | None = None, settings: SamplingConfig | None = None
-                ) -> tuple[Rollout, ConversationStats, Played]:
-        """generate -> score -> shape; rows are replies in conversation-then-turn order."""
+    def collect(self, policy: LMPolicy, indices: Sequence[int] | None = None, settings: SamplingConfig | None = None,
+                gather: Gather | None = None) -> tuple[Rollout, ConversationStats, Played]:
+        """generate -> score -> shape; rows are replies in conversation-then-turn order. ``gather`` joins what every
+        process collected (under torchrun) before the statistics are taken."""
         if indices is None:
             indices = self.rng.integers(len(self.examples), size=self.conversations).tolist()
         played = self.play(policy, [i for i in indices for _ in range(self.k)], settings)  # step 1. generate
         self.score_replies(played.replies)  # step 2. score
         rollout = self._pack(policy.pad_id, played.replies, played.turns)
         ref = self.shape(rollout)  # step 3. shape
+        if gather is not None:
+            rollout, played, ref = gather(rollout, played, ref)
         return rollout, self._stats(played, rollout, ref), played
 
     def shape(self, rollout: Rollout) -> Tensor:

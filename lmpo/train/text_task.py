@@ -8,6 +8,7 @@ environment offers, greedy and sampled.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import pickle
 import shutil
 from collections.abc import Callable
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import Tensor
 
 from lmpo.config import Config, ConfigError
 from lmpo.core import AdaptiveKLController, FixedKLController, Rollout
@@ -24,9 +26,10 @@ from lmpo.envs.text import Example, TextEnvironment, text_env
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import save_weights
 from lmpo.rewards.registry import WeightedReward
+from lmpo.train import distributed
 from lmpo.train.checkpoint import load_weights_checked
 from lmpo.train.pretrain import PretrainConfig, finished_metrics, perplexity, pretrain
-from lmpo.train.text import ConversationCollector, ConversationStats, Played
+from lmpo.train.text import ConversationCollector, ConversationStats, Gather, Played
 
 HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
 PRETRAIN_DIR = "pretrain"  # pre-training's own checkpoint, inside the run directory
@@ -49,6 +52,18 @@ def stats_metrics(prefix: str, stats: ConversationStats) -> dict[str, float]:
     # mean verdict, not the share of satisfied replies that <prefix>satisfaction is
     out.update({f"{prefix}{k}": v for k, v in stats.extra.items()})
     return out
+
+
+def _gather(pad_id: int) -> Gather:
+    """Join every process's rollout, replies (without transcripts) and reference log-probs, rank 0's first."""
+    def gather(rollout: Rollout, played: Played, ref: Tensor) -> tuple[Rollout, Played, Tensor]:
+        local = dataclasses.replace(rollout, advantages=ref)  # the reference's log-probs ride along, padded alike
+        parts = distributed.all_gather((local._map(lambda t: t.cpu()), played.replies, played.turns))
+        joined = distributed.concat_rollouts([p[0] for p in parts], pad_id)._map(lambda t: t.to(ref.device))
+        assert joined.advantages is not None
+        replies, turns = [r for p in parts for r in p[1]], [n for p in parts for n in p[2]]
+        return dataclasses.replace(joined, advantages=None), Played(replies, turns, []), joined.advantages
+    return gather
 
 
 class TextTask:
@@ -177,9 +192,9 @@ class TextTask:
         return [self.chat.dialogue(d) for d in dialogues]
 
     def _collector(self, examples: list[Example], reference: LMPolicy | None, kl: FixedKLController,
-                   samples: int, seed: int = 0) -> ConversationCollector:
+                   samples: int, seed: int = 0, conversations: int | None = None) -> ConversationCollector:
         return ConversationCollector(self.env, examples, self.tokenizer, self.rewards, reference, kl,
-                                     self.t.kl.estimator, self.t.conversations_per_update, samples,
+                                     self.t.kl.estimator, conversations or self.t.conversations_per_update, samples,
                                      self.t.max_prompt_tokens, seed=seed, chat=self.chat)
 
     def prepare(self, policy: LMPolicy, resumed: bool) -> dict[str, float]:
@@ -207,15 +222,19 @@ class TextTask:
         ref.eval()
         ref.requires_grad_(False)
         self.reference = ref.to(self.device)
+        # under torchrun each process plays its share of the conversations, with its own stream of examples
         self.collector = self._collector(self.env.examples("train"), self.reference, self.kl, self.t.samples_per_prompt,
-                                         seed=self.cfg.seed)
+                                         seed=distributed.rank_seed(self.cfg.seed),
+                                         conversations=distributed.split(self.t.conversations_per_update,
+                                                                         "text.conversations_per_update"))
         return metrics
 
     # ------------------------------------------------------------------------------------ the loop
     def collect(self, policy: LMPolicy) -> tuple[Rollout, dict[str, float]]:
         """Conversations in the environment; the KL coefficient adapts to the measured KL."""
         assert self.collector is not None
-        rollout, stats, _ = self.collector.collect(policy)
+        gather = _gather(policy.pad_id) if distributed.world_size() > 1 else None
+        rollout, stats, _ = self.collector.collect(policy, gather=gather)  # every process's replies, under torchrun
         self.steps += rollout.batch_size
         self.kl.update(stats.mean_kl, rollout.batch_size)
         metrics = {"charts/episode_return": stats.mean_return, "charts/reward_per_reply": stats.mean_reward,

@@ -18,6 +18,7 @@ from lmpo.algorithms import make_algorithm
 from lmpo.config import Config, ConfigError, load_config
 from lmpo.core import Rollout, estimate_advantages, explained_variance
 from lmpo.rewards.registry import NonFiniteReward, RewardError
+from lmpo.train import distributed
 from lmpo.train.checkpoint import (
     latest_checkpoint,
     load_checkpoint,
@@ -25,7 +26,7 @@ from lmpo.train.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
-from lmpo.train.logging import MetricsLogger, read_metrics
+from lmpo.train.logging import MetricsLogger, NullLogger, read_metrics
 from lmpo.train.progress import PhaseStatus, TrainingProgress
 from lmpo.train.rundir import RunLock, claim_run_dir
 from lmpo.train.runtime import TrainingDiverged, autocast, first_non_finite, tune_allocator
@@ -85,53 +86,59 @@ class Trainer:
 
     def __init__(self, cfg: Config, run_dir: Path | None = None, resume: bool = False) -> None:
         self.cfg = cfg
-        self.run_dir = run_dir if run_dir is not None else claim_run_dir(cfg.train.runs_dir, cfg.name)
+        # under torchrun rank 0 leads: it claims and writes the run directory, evaluates and shows progress
+        self.lead = distributed.rank() == 0
+        if run_dir is None:
+            run_dir = distributed.broadcast(claim_run_dir(cfg.train.runs_dir, cfg.name) if self.lead else None)
+        assert run_dir is not None
+        self.run_dir = run_dir
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise ConfigError(f"cannot create the run directory {self.run_dir}: {e.strerror}") from None
-        self._lock = RunLock(self.run_dir)  # the one writer; released by close() or when the process ends
+        # the one writer; released by close() or when the process ends
+        self._lock = RunLock(self.run_dir) if self.lead else None
         try:
             self._start(cfg, resume)
         except BaseException:
             self.close()
             raise
 
-    def _start(self, cfg: Config, resume: bool) -> None:
-        remove_temporary(self.ckpt_dir)  # a crashed save's leftovers: ours to remove, as the writer
+    def _runtime(self, cfg: Config) -> None:
+        """Threads, device, precision, allocator and this process's random streams (rank 0's are the run's)."""
         if cfg.train.threads is not None:
-            torch.set_num_threads(cfg.train.threads)
-        self.device = resolve_device(cfg.train.device)
+            torch.set_num_threads(distributed.threads(cfg.train.threads))
+        self.device = distributed.local_device(resolve_device(cfg.train.device))
         if cfg.train.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"train.precision: bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
         tune_allocator()
-        torch.manual_seed(cfg.seed)
-        np.random.seed(cfg.seed)
-        random.seed(cfg.seed)
-        self.task = make_task(cfg, self.run_dir, self.device)
-        try:
-            self.policy: Any = self.task.build_policy().to(self.device)
-        except (MemoryError, RuntimeError) as e:  # the CPU allocator's failure is a RuntimeError
-            if isinstance(e, RuntimeError) and "alloc" not in str(e):
-                raise
-            raise ConfigError(f"policy: the network of policy.* does not fit in memory ({str(e).splitlines()[0]})"
-                              ) from None
+        seed = distributed.rank_seed(cfg.seed)
+        torch.manual_seed(seed)
+        np.random.seed(seed % 2**32)
+        random.seed(seed)
+
+    def _start(self, cfg: Config, resume: bool) -> None:
+        if self.lead:
+            remove_temporary(self.ckpt_dir)  # a crashed save's leftovers: ours to remove, as the writer
+        self._runtime(cfg)
+        if not self.lead:  # the lead sets the run up first (tokenizer, pre-training, the reference), then the rest
+            distributed.barrier()
+        self.task = make_task(cfg, self.run_dir, self.device, writer=self.lead)
+        self.policy: Any = self._build_policy()
         ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
-        trained = resume and any(r.get("iteration", 0) > 0 for r in read_metrics(self.run_dir, missing_ok=True))
-        if trained and ckpt is None:  # starting over silently would throw the run away
-            raise ConfigError(f"{self.run_dir} has trained (metrics.jsonl) but has no checkpoint left in "
-                              f"{self.ckpt_dir}: nothing to resume from; start a new run")
-        if not resume and any(self.ckpt_dir.glob("iter_*")):
-            raise ConfigError(f"{self.run_dir} already holds a run; continue it with lmpo train --resume")
-        if not resume:
-            save_config(cfg, self.run_dir)  # first: a run killed while pre-training can be resumed
+        if self.lead:
+            self._check_run(resume, ckpt)
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
         # before RL: pre-training and the frozen reference for text (a resumed run reloads them)
         with self.autocast(weights_change=True):
             self.prepare_metrics = self.task.prepare(self.policy, resumed=state is not None)
-        if resume and state is None:  # resumed before its first checkpoint: record overrides pre-training took
+        if self.lead and resume and state is None:  # resumed before its first checkpoint: overrides pre-training took
             save_config(cfg, self.run_dir)
+        if self.lead:
+            distributed.barrier()
         self.algo = make_algorithm(cfg.algo, self.policy, cfg.seed)
+        # what the algorithms update: under torchrun the policy in DDP (rank 0's weights on every process)
+        self.learner = distributed.data_parallel(self.policy, self.device, self.algo.gradient_parameters())
         self.iteration, self.next_eval = 0, cfg.train.eval_every
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
         self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0
@@ -145,15 +152,39 @@ class Trainer:
                 assert ckpt is not None
                 raise ConfigError(f"{ckpt / 'state.pt'} is not this run's training state ({type(e).__name__}: "
                                   f"{str(e)[:80]})") from None
-            save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
+            if self.lead:
+                save_config(cfg, self.run_dir, self.iteration)  # a resume's overrides are part of the record
         # a resume keeps the records up to its checkpoint; before the first update none (iteration 0, evaluation
         # and pre-training's metrics, is recorded again)
         kept = None
         if resume:
             kept = self.iteration if self.iteration > 0 else -1
-        self.logger = MetricsLogger(self.run_dir, kept, self.task.steps, cfg.train.loggers, cfg.train.wandb,
-                                    cfg.model_dump(mode="json"))
+        self.logger: MetricsLogger | NullLogger = NullLogger()
+        if self.lead:
+            self.logger = MetricsLogger(self.run_dir, kept, self.task.steps, cfg.train.loggers, cfg.train.wandb,
+                                        cfg.model_dump(mode="json"))
         self._samples: list[dict[str, Any]] = []  # the last evaluation's sample completions, logged with its record
+
+    def _build_policy(self) -> Any:
+        """The task's policy on the run's device; running out of memory is the config's error."""
+        try:
+            return self.task.build_policy().to(self.device)
+        except (MemoryError, RuntimeError) as e:  # the CPU allocator's failure is a RuntimeError
+            if isinstance(e, RuntimeError) and "alloc" not in str(e):
+                raise
+            raise ConfigError(f"policy: the network of policy.* does not fit in memory ({str(e).splitlines()[0]})"
+                              ) from None
+
+    def _check_run(self, resume: bool, ckpt: Path | None) -> None:
+        """Refuse to resume what cannot be, or to start over a run; record the config a fresh run starts with."""
+        trained = resume and any(r.get("iteration", 0) > 0 for r in read_metrics(self.run_dir, missing_ok=True))
+        if trained and ckpt is None:  # starting over silently would throw the run away
+            raise ConfigError(f"{self.run_dir} has trained (metrics.jsonl) but has no checkpoint left in "
+                              f"{self.ckpt_dir}: nothing to resume from; start a new run")
+        if not resume and any(self.ckpt_dir.glob("iter_*")):
+            raise ConfigError(f"{self.run_dir} already holds a run; continue it with lmpo train --resume")
+        if not resume:
+            save_config(self.cfg, self.run_dir)  # first: a run killed while pre-training can be resumed
 
     @property
     def elapsed(self) -> float:
@@ -184,16 +215,17 @@ class Trainer:
             if hasattr(self, "logger"):
                 self.logger.close()
         finally:
-            self._lock.release()
+            if self._lock is not None:
+                self._lock.release()
 
     def _train(self) -> dict[str, Any]:
         cfg, total, start = self.cfg, self.cfg.train.total_steps, self.iteration
         self._clock, self._eval_time = time.perf_counter(), 0.0
         before: dict[str, float] = {}
-        if self.iteration == 0:  # a fresh run: where training starts from (after pre-training, for text)
+        if self.iteration == 0 and self.lead:  # a fresh run: where training starts from (after pre-training, for text)
             before = self.evaluate()
             self._log(0, {"iteration": 0, **self.prepare_metrics, **before})
-        with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress) as bar:
+        with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress and self.lead) as bar:
             self._bar = bar
             while self.task.steps < total:
                 t0 = time.perf_counter()
@@ -203,26 +235,11 @@ class Trainer:
                 self.policy.eval()
                 rollout, stats = self._collect()
                 t1 = time.perf_counter()
-                # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
-                adv = cfg.algo.advantage
-                rollout = estimate_advantages(rollout, adv.estimator, adv.gamma, adv.gae_lambda, adv.baseline,
-                                              adv.whiten, adv.group_std)
-                self._check_advantages(rollout)
-                ev = float("nan")
-                if adv.needs_value and rollout.values is not None and rollout.returns is not None:
-                    ev = explained_variance(rollout.values, rollout.returns, rollout.mask)
-                if self.policy.markov:
-                    rollout = rollout.flatten()
-                # step 5. update
-                self.policy.train()
-                with self.autocast(weights_change=True):
-                    metrics = self.algo.update(self.policy, rollout, progress)
-                self.task.after_update(self.policy, rollout)
-                self._check_update(metrics)  # before any checkpoint: a non-finite one is never written
+                metrics = self.learn(rollout, progress)  # steps 4-5. advantage -> update
                 self.iteration += 1
                 dt = time.perf_counter() - t0
                 # step 6. log / evaluate / checkpoint
-                record = self._record({**stats, **metrics}, rollout.num_steps, dt, t1 - t0, ev)
+                record = self._record({**stats, **metrics}, rollout.num_steps, dt, t1 - t0)
                 self._log(self.task.steps, record)
                 bar.update(self.task.steps, record.get("charts/episode_return"), self.last_eval)
                 if self.iteration % cfg.train.checkpoint_every == 0:
@@ -230,12 +247,36 @@ class Trainer:
             self._bar = None
         if self._saved_iteration != self.iteration:
             self.save()
+        if not self.lead:
+            return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration}
         self.task.finish(self.policy)
         final = self.evaluate()
         if not (self.logger.finished and self.iteration == start):  # a finished run resumed: recorded already
             self._log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
                 "before": before, **final}
+
+    def learn(self, rollout: Rollout, progress: float) -> dict[str, float]:
+        """Steps 4-5 of the loop on a collected rollout (under torchrun, every process's, gathered): advantages,
+        then the algorithm's update; returns the update's metrics (averaged over processes) with the value
+        function's explained variance."""
+        # step 4. advantage: returns / GAE / baseline, then one row per step for Markov policies
+        adv = self.cfg.algo.advantage
+        rollout = estimate_advantages(rollout, adv.estimator, adv.gamma, adv.gae_lambda, adv.baseline,
+                                      adv.whiten, adv.group_std)
+        self._check_advantages(rollout)
+        ev = float("nan")
+        if adv.needs_value and rollout.values is not None and rollout.returns is not None:
+            ev = explained_variance(rollout.values, rollout.returns, rollout.mask)
+        if self.policy.markov:
+            rollout = rollout.flatten()
+        # step 5. update
+        self.policy.train()
+        with self.autocast(weights_change=True):
+            metrics = distributed.mean_metrics(self.algo.update(self.learner, rollout, progress))
+        self.task.after_update(self.policy, rollout)
+        self._check_update(metrics)  # before any checkpoint: a non-finite one is never written
+        return {**metrics, "charts/explained_variance": ev}
 
     def _log(self, step: int, record: dict[str, Any]) -> None:
         """One record to every sink, with the sample completions of the evaluation it holds."""
@@ -289,17 +330,16 @@ class Trainer:
         if key is not None:
             raise self._diverged(f"parameter {key} after the update")
 
-    def _record(self, metrics: dict[str, float], steps: int, dt: float, t_collect: float,
-                ev: float) -> dict[str, Any]:
+    def _record(self, metrics: dict[str, float], steps: int, dt: float, t_collect: float) -> dict[str, Any]:
         record: dict[str, Any] = {"iteration": self.iteration, "env_steps": self.task.steps,
                                   "time": round(self.elapsed, 4), **metrics}
         record["charts/sps"] = steps / dt
-        record["charts/explained_variance"] = ev
         record["time/collect_s"], record["time/update_s"] = t_collect, dt - t_collect
         if self.cfg.train.eval_every and self.task.steps >= self.next_eval:
             while self.next_eval <= self.task.steps:
                 self.next_eval += self.cfg.train.eval_every
-            record.update(self.evaluate())
+            if self.lead:  # the others go on collecting, and wait for it at the next gather
+                record.update(self.evaluate())
         return record
 
     def evaluate(self) -> dict[str, float]:
@@ -320,27 +360,49 @@ class Trainer:
         return out
 
     # ------------------------------------------------------------------------------------ checkpoints
-    def save(self) -> Path:
-        """Atomically write weights, optimiser, RNG and environment state."""
-        state = {
-            "iteration": self.iteration, "next_eval": self.next_eval, "elapsed": self.elapsed,
-            "algo": self.algo.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
-                    "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None},
-            "task": self.task.state(),  # environments mid-episode (control) or conversation stream (text)
-            "env_steps": self.task.steps,
-        }
+    def _streams(self) -> dict[str, Any]:
+        """This process's random streams and collection state (environments mid-episode for control, the
+        conversation stream for text)."""
+        cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
+        return {"rng": {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate(),
+                        "cuda": cuda},
+                "task": self.task.state()}
+
+    def save(self) -> Path | None:
+        """Atomically write weights, optimiser, RNG and environment state (every process's streams: under
+        torchrun rank 0 writes them all); returns the checkpoint (None on the other processes)."""
+        mine, *others = distributed.all_gather(self._streams())
         self._saved_iteration = self.iteration
+        if not self.lead:
+            return None
+        state = {"iteration": self.iteration, "next_eval": self.next_eval, "elapsed": self.elapsed,
+                 "algo": self.algo.state_dict(), **mine, "other_ranks": others, "env_steps": self.task.steps}
         return save_checkpoint(self.ckpt_dir, self.iteration, self.policy, state, self.cfg.train.keep_checkpoints)
 
     def _restore(self, state: dict[str, Any]) -> None:
         self.algo.load_state_dict(state["algo"])
         self.iteration, self.next_eval, self._elapsed_before = state["iteration"], state["next_eval"], state["elapsed"]
         self._saved_iteration = self.iteration
-        torch.set_rng_state(state["rng"]["torch"])
-        np.random.set_state(state["rng"]["numpy"])
-        random.setstate(state["rng"]["python"])
-        if state["rng"]["cuda"] is not None and torch.cuda.is_available():
-            torch.cuda.set_rng_state_all(state["rng"]["cuda"])
-        self.task.restore(state["task"], state["env_steps"])
+        mine: dict[str, Any] | None = state
+        others = state.get("other_ranks", [])
+        if distributed.rank() > 0:
+            mine = others[distributed.rank() - 1] if len(others) == distributed.world_size() - 1 else None
+        elif len(others) != distributed.world_size() - 1:
+            mine = None
+        if mine is None:  # saved by another number of processes: the weights and optimiser go on, new streams
+            if self.lead:
+                print(f"lmpo: note: the checkpoint was written by {len(others) + 1} processes, this run has "
+                      f"{distributed.world_size()}: collection continues on new random streams")
+            seed = distributed.rank_seed(self.cfg.seed) + 7919 * self.iteration
+            torch.manual_seed(seed)
+            np.random.seed(seed % 2**32)
+            random.seed(seed)
+            self.task.restore(None, state["env_steps"])
+            return
+        torch.set_rng_state(mine["rng"]["torch"])
+        np.random.set_state(mine["rng"]["numpy"])
+        random.setstate(mine["rng"]["python"])
+        if mine["rng"]["cuda"] is not None and torch.cuda.is_available():
+            torch.cuda.set_rng_state_all(mine["rng"]["cuda"])
+        self.task.restore(mine["task"], state["env_steps"])
 
