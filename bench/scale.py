@@ -1,16 +1,29 @@
-"""Data-parallel training under torchrun against one process, side by side in one run: the RL phase of a recipe
-(the main job by default) from one pre-trained model, the same global batch and total work.
+"""Scaling, measured side by side in one run: data-parallel training under torchrun against one process, and LoRA
+with the shared reference against full fine-tuning with a reference copy.
 
+``--part ddp``: the RL phase of a recipe (the main job by default) from one pre-trained model, the same global batch
+and total work.
 1. ``lmpo pretrain RECIPE`` once (not timed); every setup resumes a copy of that run for ``--steps`` replies.
 2. Setups: one process with the recipe's threads (``train.threads``, 2 in the main job), one process with one
    thread, and ``--processes`` processes under ``torchrun`` (each capped to its share of the cores). They run in
    turn, ``--rounds`` times (a shared machine's speed drifts within minutes: each round compares back-to-back runs).
 3. Throughput: replies (environment steps) per second of rollout + update (the trainer's ``time/collect_s`` and
-   ``time/update_s``; evaluation and start-up excluded), medians over rounds, and each round's ratio to one process.
-   The learning curve beside it: the mean training satisfaction per update and the final greedy held-out
-   satisfaction.
+   ``time/update_s``; evaluation and start-up excluded), medians over rounds, and each round's ratio. The learning
+   curve beside it: the mean training satisfaction per update and the final greedy held-out satisfaction.
 
-    python bench/scale.py [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
+``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``), fine-tuned first by lmpo's
+pre-training on the prompt set (``configs/prompts-example.yaml``), then trained with PPO twice from that model: full
+fine-tuning (every weight, a frozen reference copy) and LoRA (adapters only; the reference is the same network with
+its adapters off). Peak resident memory of each training process (and its rise over the process's memory once its
+libraries are imported), and the sampled reward before and after on training and held-out prompts.
+
+``--part mfu``: model FLOP utilisation of the main job's update step (PPO's epochs of minibatch forward and
+backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMode`` on the rollout whose update
+was timed, against this machine's measured float32 matmul peak at the same number of threads.
+
+    python bench/scale.py --part ddp [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
+    python bench/scale.py --part lora [--width 512] [--layers 8] [--lora-steps 1280]
+    python bench/scale.py --part mfu [--recipe support] [--updates 3]
 """
 
 from __future__ import annotations
@@ -61,15 +74,8 @@ def measure(run: Path) -> dict[str, float]:
             "heldout": final.get("eval/heldout_satisfaction", float("nan"))}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--recipe", default="support")
-    parser.add_argument("--steps", type=int, default=1000, help="replies (environment steps) of RL per setup")
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("overrides", nargs="*", help="more overrides for every run")
-    args = parser.parse_args()
-    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+def ddp(args: argparse.Namespace) -> None:
+    """Part ``ddp``: one process against ``--processes`` under torchrun."""
     tmp = Path(tempfile.mkdtemp(prefix="lmpo-scale-"))
     common = ["train.progress=false", f"train.runs_dir={tmp}", *args.overrides]
     start = time.perf_counter()
@@ -88,17 +94,177 @@ def main() -> None:
             m = results[label][-1]
             print(f"round {r + 1}, {label}: {m['steps_per_s']:.1f} replies/s over {m['updates']:.0f} updates "
                   f"({m['seconds']:.0f} s); satisfaction {m['satisfaction']:.3f}, held-out {m['heldout']:.3f}")
-    base = setups[0][0]
-    print(f"\n| setup | replies/s (median) | ratio to '{base}' per round | training satisfaction | held-out |")
+    print("\n| setup | replies/s (median) | ratio to one process, recipe's threads / one thread (per round) | "
+          "training satisfaction | held-out |")
     print("|---|---|---|---|---|")
+    recipe, single = results[setups[0][0]], results[setups[1][0]]
     for label, _, _ in setups:
         runs = results[label]
-        ratios = [m["steps_per_s"] / b["steps_per_s"] for m, b in zip(runs, results[base], strict=True)]
+        ratios = [[m["steps_per_s"] / b["steps_per_s"] for m, b in zip(runs, base, strict=True)]
+                  for base in (recipe, single)]
         print(f"| {label} | {statistics.median(m['steps_per_s'] for m in runs):.1f} | "
-              f"{', '.join(f'{x:.2f}' for x in ratios)} (median {statistics.median(ratios):.2f}) | "
-              f"{statistics.fmean(m['satisfaction'] for m in runs):.3f} | "
+              + " / ".join(f"{', '.join(f'{x:.2f}' for x in rs)} (median {statistics.median(rs):.2f})"
+                           for rs in ratios)
+              + f" | {statistics.fmean(m['satisfaction'] for m in runs):.3f} | "
               f"{statistics.fmean(m['heldout'] for m in runs):.3f} |")
     shutil.rmtree(tmp, ignore_errors=True)
+
+
+PEAK = """import resource, runpy, sys
+import lmpo.cli, lmpo.train.trainer, transformers, peft  # the libraries, before training
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+sys.argv = ["lmpo", *sys.argv[1:]]
+try:
+    runpy.run_module("lmpo", run_name="__main__")
+except SystemExit as e:
+    if e.code:
+        raise
+print(f"PEAK_KIB {base} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+"""
+
+
+def peak_memory(args: list[str]) -> tuple[float, float]:
+    """``lmpo ARGS`` in a process of its own: its peak resident memory and the rise over its memory once its
+    libraries were imported, in MiB."""
+    proc = subprocess.run([sys.executable, "-c", PEAK, *args], cwd=ROOT, capture_output=True, text=True,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    if proc.returncode:
+        raise SystemExit(f"failed: lmpo {' '.join(args)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
+    base, peak = (int(x) for x in proc.stdout.split("PEAK_KIB ")[1].split()[:2])
+    return peak / 1024, (peak - base) / 1024
+
+
+def lora(args: argparse.Namespace) -> None:
+    """Part ``lora``: PPO with LoRA and the shared reference against full fine-tuning with a reference copy."""
+    import torch
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmpo.data import load_chatterbot
+    from tests.conftest import gpt2_style_tokenizer
+    from tests.data.test_chat import CHATML
+
+    tmp = Path(tempfile.mkdtemp(prefix="lmpo-lora-"))
+    texts = [t.content for d in load_chatterbot(["greetings", "emotion"]) for t in d]
+    texts += (ROOT / "examples" / "prompts.jsonl").read_text().splitlines()
+    tok = gpt2_style_tokenizer(texts + ["user assistant"] * 50, vocab_size=2000)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "pad_token": "<pad>"})
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=args.width, n_layer=args.layers,
+                                       n_head=8, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                                       pad_token_id=tok.pad_token_id))
+    model.save_pretrained(tmp / "model")
+    tok.save_pretrained(tmp / "model")
+    n_params = sum(p.numel() for p in model.parameters())
+    print(f"GPT-2, {args.layers} layers of width {args.width}: {n_params / 1e6:.1f} M parameters")
+    common = ["configs/prompts-example.yaml", "train.progress=false", "policy.kind=hf", f"train.runs_dir={tmp}",
+              "text.eval_samples=2", "train.threads=2"]
+    start = time.perf_counter()
+    lmpo(["train", *common, f"policy.path={tmp / 'model'}", "name=sft", "text.pretrain.lr=0.001",
+          "train.total_steps=64"])
+    print(f"fine-tuned by pre-training in {time.perf_counter() - start:.0f} s")
+    ppo = ("algo={name: ppo, lr: LR, epochs: 2, batch_size: 64, max_grad_norm: 1.0, advantage: {estimator: returns, "
+           "gamma: 1.0, baseline: group, group_std: false, whiten: false}}")
+    setups = [("full fine-tuning, reference copy", [ppo.replace("LR", "0.00002")]),
+              ("LoRA r=16, reference = adapters off", [ppo.replace("LR", "0.0005"), "policy.lora={r: 16, alpha: 32}"])]
+    print("\n| setup | trained parameters | peak RSS (MiB) | rise over libraries (MiB) | sampled reward before -> "
+          "after, train | held-out | time |")
+    print("|---|---|---|---|---|---|---|")
+    peaks = []
+    for i, (label, extra) in enumerate(setups):
+        start = time.perf_counter()
+        peak, rise = peak_memory(["train", *common, f"policy.path={tmp / 'sft' / 'hf'}", f"name=run{i}",
+                                  "text.pretrain.epochs=0", f"train.total_steps={args.lora_steps}", *extra])
+        peaks.append((peak, rise))
+        records = read_metrics(tmp / f"run{i}")
+        before, after = records[0], records[-1]
+        trained = before["model/trainable_parameters"]
+        print(f"| {label} | {trained / 1e6:.2f} M | {peak:.0f} | {rise:.0f} | "
+              f"{before['eval/train_sampled_reward']:.3f} -> {after['eval/train_sampled_reward']:.3f} | "
+              f"{before['eval/heldout_sampled_reward']:.3f} -> {after['eval/heldout_sampled_reward']:.3f} | "
+              f"{time.perf_counter() - start:.0f} s |")
+    print(f"\nLoRA / full fine-tuning: peak {peaks[1][0] / peaks[0][0]:.2f}x, rise {peaks[1][1] / peaks[0][1]:.2f}x")
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def matmul_peak(threads: int, n: int = 2048, repeats: int = 10) -> float:
+    """The machine's measured float32 matmul rate (FLOP/s) on ``threads`` threads: the best of ``repeats``."""
+    import torch
+
+    torch.set_num_threads(threads)
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    best = float("inf")
+    for _ in range(repeats):
+        t = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best
+
+
+def mfu(args: argparse.Namespace) -> None:
+    """Part ``mfu``: the model FLOP utilisation of the main job's update step against the measured matmul peak.
+
+    The update's FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` (matmuls and attention, forward
+    and backward, as executed: padding included) on the very rollout whose update was timed, from the same state."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from lmpo.cli import load_recipe, resolve_recipe
+    from lmpo.train.trainer import Trainer
+
+    tmp = Path(tempfile.mkdtemp(prefix="lmpo-mfu-"))
+    cfg = load_recipe(resolve_recipe(args.recipe), ["train.progress=false", f"train.runs_dir={tmp}",
+                                                    "text.pretrain.epochs=2", *args.overrides])
+    trainer = Trainer(cfg)
+    threads = torch.get_num_threads()
+    peak = matmul_peak(threads)
+    torch.set_num_threads(threads)
+    print(f"float32 matmul peak, {threads} threads: {peak / 1e9:.1f} GFLOP/s")
+    rows = []
+    for _ in range(args.updates):
+        trainer.policy.eval()
+        rollout, _ = trainer._collect()
+        saved = (copy.deepcopy(trainer.policy.state_dict()), copy.deepcopy(trainer.algo.state_dict()))
+        start = time.perf_counter()
+        trainer.learn(rollout, 0.0)
+        seconds = time.perf_counter() - start
+        trainer.policy.load_state_dict(saved[0])
+        trainer.algo.load_state_dict(saved[1])
+        with FlopCounterMode(display=False) as counter:
+            metrics = trainer.learn(rollout, 0.0)  # the same work again, counted (the state goes on from here)
+        flops = counter.get_total_flops()
+        rows.append((rollout.batch_size, metrics.get("charts/minibatch_steps", 1.0), flops, seconds))
+        print(f"update of {rollout.batch_size} replies, {metrics.get('charts/minibatch_steps', 1):.0f} steps: "
+              f"{flops / 1e9:.1f} GFLOP in {seconds:.2f} s = {flops / seconds / 1e9:.1f} GFLOP/s, "
+              f"MFU {flops / seconds / peak:.1%}")
+    total_flops, total_s = sum(r[2] for r in rows), sum(r[3] for r in rows)
+    print(f"\n| model | update steps | GFLOP/s | float32 matmul peak | MFU |\n|---|---|---|---|---|\n"
+          f"| {args.recipe}: {sum(p.numel() for p in trainer.policy.parameters()) / 1e6:.2f} M parameters | "
+          f"{sum(r[1] for r in rows):.0f} over {len(rows)} updates | {total_flops / total_s / 1e9:.1f} | "
+          f"{peak / 1e9:.1f} GFLOP/s ({threads} threads) | {total_flops / total_s / peak:.1%} |")
+    trainer.close()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--part", choices=["ddp", "lora", "mfu"], default="ddp")
+    parser.add_argument("--recipe", default="support")
+    parser.add_argument("--steps", type=int, default=1000, help="ddp: replies (environment steps) of RL per setup")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--processes", type=int, default=2)
+    parser.add_argument("--width", type=int, default=512, help="lora: the GPT-2's width")
+    parser.add_argument("--layers", type=int, default=8, help="lora: the GPT-2's layers")
+    parser.add_argument("--lora-steps", type=int, default=1280, help="lora: replies of PPO per setup")
+    parser.add_argument("--updates", type=int, default=3, help="mfu: updates measured")
+    parser.add_argument("overrides", nargs="*", help="ddp, mfu: more overrides for every run")
+    args = parser.parse_args()
+    print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
+    {"ddp": ddp, "lora": lora, "mfu": mfu}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -49,6 +49,10 @@ def served_model(run_dir: str | Path, quantize: str | None = None) -> Any:
     task, policy, ckpt_name = load_run(run_dir, device="cpu")
     if getattr(task, "tokenizer", None) is None:
         raise ConfigError(f"{run_dir} is not a text run: lmpo serve serves language models")
+    from lmpo.policies.lora import has_lora
+
+    if has_lora(policy):  # LoRA adapters merged into the weights: the same function, no extra matmuls per token
+        policy.body.model = policy.body.model.merge_and_unload()
     if quantize == "int8":
         policy = quantize_int8(policy)
     cfg, env = task.cfg, task.env

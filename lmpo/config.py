@@ -79,6 +79,16 @@ MAX_TOKENS = 1 << 16
 MAX_BATCH = 1 << 20
 
 
+class LoraSection(Section):
+    r: int = Field(8, ge=1, le=4096, description="Rank of each adapter.")
+    alpha: int = Field(16, ge=1, description="Scale numerator: an adapter's update is scaled by alpha / r.")
+    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input (updates only; rollouts and "
+                           "scoring run without it).")
+    target_modules: list[str] | None = Field(
+        None, description="Names of the modules that get adapters, as peft matches them (None: every linear layer "
+        "but the output head, peft's 'all-linear').")
+
+
 class PolicyConfig(Section):
     kind: Literal["mlp", "gru", "lstm", "transformer", "hf"] = Field(
         "mlp", description="'mlp' for control; 'gru', 'lstm', 'transformer' or 'hf' for text environments."
@@ -102,6 +112,13 @@ class PolicyConfig(Section):
         "learned", description="transformer: a learned position embedding, or rotary positions (RoPE: attention "
         "depends on distance, not place; the support desk's model copies names and numbers far better with it).")
     path: str | None = Field(None, description="hf: local directory or hub id of an AutoModelForCausalLM.")
+    gradient_checkpointing: bool = Field(
+        False, description="transformer, hf: keep only each block's input in a training pass and recompute the block "
+        "in backward (activation memory of one block instead of all, for about a third more compute).")
+    lora: LoraSection | None = Field(
+        None, description="hf: train LoRA adapters (peft; pip install 'lmpo[lora]') instead of every weight. The "
+        "reference is the same network with its adapters disabled (no second copy), the value head stays separate; "
+        "the run's hf/ export is the merged model, with the adapter in peft's format in hf/adapter.")
 
 
 class SamplingSection(Section):
@@ -330,6 +347,20 @@ class Config(Section):
 
         return text_env(self.env.id) is not None
 
+    def _lora_fits(self, t: TextConfig) -> None:
+        if self.policy.lora is None:
+            return
+        import importlib.util
+
+        if self.policy.kind != "hf":
+            raise ValueError("policy.lora is for hf policies (policy.kind 'hf')")
+        if t.pretrain.epochs:
+            raise ValueError("policy.lora trains adapters on the model at policy.path, whose adapters-off self is the "
+                             "reference: set text.pretrain.epochs=0 (fine-tune the model first and point policy.path "
+                             "at it)")
+        if importlib.util.find_spec("peft") is None:
+            raise ValueError("policy.lora needs the peft package: pip install 'lmpo[lora]'")
+
     def _transformer_fits(self, t: TextConfig) -> None:
         p = self.policy
         if p.kind != "transformer":
@@ -365,6 +396,9 @@ class Config(Section):
                 raise ValueError("policy.kind 'hf' needs policy.path (a local directory or hub id)")
             if self.text is None:
                 self.text = TextConfig()
+            self._lora_fits(self.text)
+            if self.policy.gradient_checkpointing and self.policy.kind not in ("transformer", "hf"):
+                raise ValueError("policy.gradient_checkpointing is for transformer and hf policies")
             self._transformer_fits(self.text)
             if self.algo.advantage.baseline in ("loo", "group") and self.text.samples_per_prompt < 2:
                 raise ValueError(f"algo.advantage.baseline {self.algo.advantage.baseline!r} compares a prompt's "

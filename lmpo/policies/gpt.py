@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
-from lmpo.policies.lm import kept_positions
+from lmpo.policies.lm import kept_positions, recomputed
 
 
 @dataclass
@@ -85,6 +85,7 @@ class GPT(nn.Module):
         if cfg.positions == "learned":
             self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
+        self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
         self.ln = nn.LayerNorm(cfg.d_model)
         self.apply(self._init)
         for name, p in self.named_parameters():
@@ -117,6 +118,9 @@ class GPT(nn.Module):
             head_dim = self.cfg.d_model // self.cfg.n_head
             cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)
         for i, block in enumerate(self.blocks):
-            x = block(x, bias, i, total - length, cache, rot)
+            if self.checkpointing and cache is None and torch.is_grad_enabled():
+                x = recomputed(block, block, x, bias, i, 0, None, rot)
+            else:
+                x = block(x, bias, i, total - length, cache, rot)
         h = self.ln(x)
         return F.linear(kept_positions(h, keep), self.tok.weight), h, cache

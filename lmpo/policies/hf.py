@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from lmpo.data.tokenizer import add_pad_token
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
 from lmpo.policies.base import save_weights
-from lmpo.policies.lm import LMPolicy, kept_positions
+from lmpo.policies.lm import LMPolicy, kept_positions, recomputed
 from lmpo.policies.sampling import SamplingConfig
 
 
@@ -52,6 +52,7 @@ class HFCausalLM(nn.Module):
         # GPT-2's "gelu_new" is the tanh GELU written as seven elementwise ops; PyTorch's kernel is one
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
+        self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
 
     def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
                 keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
@@ -62,7 +63,8 @@ class HFCausalLM(nn.Module):
         last = keep
         if isinstance(keep, Tensor):  # the model's head on the columns from the first kept one, then select
             last = keep.shape[1] - int(keep.any(0).int().argmax())
-        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=True,
+        scoring = cache is None and torch.is_grad_enabled()  # a training pass: no cache to keep
+        out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=not scoring,
                          output_hidden_states=True, **{self._cache_name: cache},
                          **({"logits_to_keep": last} if last else {}))
         logits = out.logits[keep[:, -int(last):]] if isinstance(keep, Tensor) else out.logits
@@ -83,18 +85,51 @@ class HFCausalLM(nn.Module):
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
         for i, block in enumerate(tr.h):
-            q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.hidden_size, dim=2)
-            q, k, v = (t.view(b, length, heads, head_dim).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
-            if cache is not None:
-                k, v = cache.write(i, past, k, v)  # (B, H, total, D)
-            drop = block.attn.attn_dropout
-            y = attend(q, k, v, bias, drop.p if drop.training else 0.0)  # (B, H, L, D)
-            y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
-            x = x + block.attn.resid_dropout(block.attn.c_proj(y))
-            mlp = block.mlp
-            x = x + mlp.dropout(mlp.c_proj((self._gelu or mlp.act)(mlp.c_fc(block.ln_2(x)))))
+            if self.checkpointing and cache is None and torch.is_grad_enabled():
+                x = recomputed(block, self._gpt2_block, block, x, bias, i, past, None, heads)
+            else:
+                x = self._gpt2_block(block, x, bias, i, past, cache, heads)
         h = tr.ln_f(x)
         return model.lm_head(kept_positions(h, keep)).float(), h, cache
+
+    def _gpt2_block(self, block: Any, x: Tensor, bias: Tensor, i: int, past: int, cache: StaticKV | None,
+                    heads: int) -> Tensor:
+        """GPT-2 block ``i`` on ``x (B, L, C)`` with lmpo's attention and cache."""
+        b, length, _ = x.shape
+        q, k, v = block.attn.c_attn(block.ln_1(x)).split(self.hidden_size, dim=2)
+        q, k, v = (t.view(b, length, heads, -1).transpose(1, 2) for t in (q, k, v))  # (B, H, L, D)
+        if cache is not None:
+            k, v = cache.write(i, past, k, v)  # (B, H, total, D)
+        drop = block.attn.attn_dropout
+        y = attend(q, k, v, bias, drop.p if drop.training else 0.0)  # (B, H, L, D)
+        y = y.transpose(1, 2).reshape(b, length, self.hidden_size)
+        x = x + block.attn.resid_dropout(block.attn.c_proj(y))
+        mlp = block.mlp
+        return x + mlp.dropout(mlp.c_proj((self._gelu or mlp.act)(mlp.c_fc(block.ln_2(x)))))
+
+
+def checkpoint_blocks(body: nn.Module) -> None:
+    """Gradient checkpointing: a training pass keeps only each block's input and recomputes the block in backward
+    (activation memory of one block instead of all, for about a third more compute). lmpo's transformer and GPT-2's
+    native path check themselves; another Hugging Face model's blocks (its ``_no_split_modules``) are wrapped."""
+    from lmpo.policies.gpt import GPT
+
+    if not isinstance(body, GPT | HFCausalLM):
+        raise ValueError("gradient checkpointing is for transformer and hf policies")
+    body.checkpointing = True
+    if isinstance(body, GPT) or body.native:
+        return
+    names = set(getattr(body.model, "_no_split_modules", None) or [])
+    blocks = [m for m in body.model.modules() if type(m).__name__ in names]
+    if not blocks:
+        raise ValueError(f"gradient checkpointing: {type(body.model).__name__} names no blocks (_no_split_modules)")
+    for block in blocks:
+        block.forward = partial(_checkpointed, block, block.forward)
+
+
+def _checkpointed(block: nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:
+    """``forward`` recomputed in backward in a pass that builds a graph, plainly otherwise."""
+    return recomputed(block, forward, *args, **kwargs) if torch.is_grad_enabled() else forward(*args, **kwargs)
 
 
 def load_hf_body(name_or_path: str | Path, vocab_size: int | None = None, **kwargs: Any) -> HFCausalLM:

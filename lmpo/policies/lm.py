@@ -8,11 +8,12 @@ from the ids. The value of response position ``t`` is read from the hidden state
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from lmpo.policies.base import Evaluation, ForwardEvaluation, PolicyStep, unpack
 from lmpo.policies.sampling import SamplingConfig, entropy_of, kl_of, sampling_logprobs
@@ -38,6 +39,24 @@ def kept_positions(h: Tensor, keep: int | Tensor) -> Tensor:
     if isinstance(keep, Tensor):
         return h[keep]
     return h[:, -keep:] if keep else h
+
+
+def recomputed(module: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)`` under ``torch.utils.checkpoint`` (gradient checkpointing of a block): recomputed in
+    backward with ``module`` in the mode it had in forward (scoring runs in eval mode, without dropout, and backward
+    runs after that mode is gone)."""
+    return checkpoint(_in_mode, module, module.training, fn, *args, use_reentrant=False, **kwargs)
+
+
+def _in_mode(module: nn.Module, training: bool, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    was = module.training
+    if was == training:
+        return fn(*args, **kwargs)
+    module.train(training)
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        module.train(was)
 
 
 class LMPolicy(ForwardEvaluation, nn.Module):

@@ -30,8 +30,10 @@ from lmpo.data.tokenizer import decode_reply
 from lmpo.envs.text import Example, TextEnvironment
 from lmpo.policies.generation import Generation, generate, left_pad, to_rollout
 from lmpo.policies.lm import LMPolicy
+from lmpo.policies.lora import AdaptersOff
 from lmpo.policies.sampling import SamplingConfig
 
+Reference = LMPolicy | AdaptersOff  # the frozen policy of the KL penalty: a copy, or a LoRA policy's adapters off
 Gather = Callable[[Rollout, "Played", Tensor], tuple[Rollout, "Played", Tensor]]
 Scorer = Callable[[list[str], list[str], dict[str, list[Any]]], tuple[list[float], dict[str, list[float]]]]
 
@@ -79,7 +81,7 @@ class ConversationCollector:
     """Plays ``conversations x samples_per_prompt`` conversations per rollout in a text environment."""
 
     def __init__(self, family: TextEnvironment, examples: Sequence[Example], tokenizer: PreTrainedTokenizerBase,
-                 score: Scorer, reference: LMPolicy | None, kl: FixedKLController, kl_estimator: KLEstimator = "k1",
+                 score: Scorer, reference: Reference | None, kl: FixedKLController, kl_estimator: KLEstimator = "k1",
                  conversations: int = 16, samples_per_prompt: int = 4, max_prompt_tokens: int = 96,
                  seed: int = 0, chat: ChatFormat | None = None) -> None:
         if not examples:

@@ -25,11 +25,13 @@ from lmpo.data.corpus import Turn
 from lmpo.envs.text import Example, TextEnvironment, text_env
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import save_weights
+from lmpo.policies.hf import checkpoint_blocks
+from lmpo.policies.lora import AdaptersOff, add_lora, save_lora_export
 from lmpo.rewards.registry import WeightedReward
 from lmpo.train import distributed
 from lmpo.train.checkpoint import load_weights_checked
 from lmpo.train.pretrain import PretrainConfig, finished_metrics, perplexity, pretrain
-from lmpo.train.text import ConversationCollector, ConversationStats, Gather, Played
+from lmpo.train.text import ConversationCollector, ConversationStats, Gather, Played, Reference
 
 HF_EXPORT = "hf"  # an hf run's save_pretrained export, inside its run directory
 PRETRAIN_DIR = "pretrain"  # pre-training's own checkpoint, inside the run directory
@@ -82,7 +84,7 @@ class TextTask:
         k = self.t.kl
         self.kl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
         self.sampling = SamplingConfig(**self.t.sampling.model_dump())
-        self.reference: LMPolicy | None = None
+        self.reference: Reference | None = None
         self.collector: ConversationCollector | None = None
         self.eval_seed = cfg.seed  # the sampled evaluation's draws (lmpo eval --seed); the examples stay the run's
         self._samples: list[dict[str, Any]] = []
@@ -155,6 +157,10 @@ class TextTask:
             body = GPT(GPTConfig(len(tok), p.n_layer, p.n_head, p.d_model, p.max_len, p.dropout, p.positions))
         else:
             body = self._hf_body()
+            if p.lora is not None:
+                body = add_lora(body, p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules)
+        if p.gradient_checkpointing:
+            checkpoint_blocks(body)
         return LMPolicy(body, int(tok.pad_token_id), self.chat.eos_ids[0], self.sampling, stop_ids=self.chat.eos_ids)
 
     def _from_policy_path(self, load: Callable[[str], Any]) -> Any:
@@ -183,7 +189,9 @@ class TextTask:
 
     def finish(self, policy: LMPolicy) -> None:
         """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf``."""
-        if self.cfg.policy.kind == "hf":
+        if self.cfg.policy.kind == "hf" and self.cfg.policy.lora is not None:
+            save_lora_export(policy, self.tokenizer, self.run_dir / HF_EXPORT)
+        elif self.cfg.policy.kind == "hf":
             from lmpo.policies.hf import save_hf_policy
 
             save_hf_policy(policy, self.tokenizer, self.run_dir / HF_EXPORT)
@@ -191,7 +199,7 @@ class TextTask:
     def _encoded(self, dialogues: list[Dialogue]) -> list[Any]:
         return [self.chat.dialogue(d) for d in dialogues]
 
-    def _collector(self, examples: list[Example], reference: LMPolicy | None, kl: FixedKLController,
+    def _collector(self, examples: list[Example], reference: Reference | None, kl: FixedKLController,
                    samples: int, seed: int = 0, conversations: int | None = None) -> ConversationCollector:
         return ConversationCollector(self.env, examples, self.tokenizer, self.rewards, reference, kl,
                                      self.t.kl.estimator, conversations or self.t.conversations_per_update, samples,
@@ -200,13 +208,8 @@ class TextTask:
     def prepare(self, policy: LMPolicy, resumed: bool) -> dict[str, float]:
         """Pre-train (once per run, resumable; a run resumed from an RL checkpoint, or read, reloads the saved
         reference) and freeze the reference."""
-        ref_path = self.run_dir / "reference.safetensors"
         metrics: dict[str, float] = {}
-        if resumed or not self.writer:  # the policy comes from a checkpoint: the reference is saved beside it
-            if not ref_path.is_file():
-                raise ConfigError(f"{ref_path} is missing: the run's reference model is not there")
-            ref = self.build_policy()  # a throwaway copy: frozen as it is
-            load_weights_checked(ref, ref_path)
+        if resumed or not self.writer:  # the policy comes from a checkpoint
             metrics = finished_metrics(self.run_dir / PRETRAIN_DIR) or {}  # `lmpo pretrain`, then `train --resume`
         else:
             self.env.save(self.run_dir)
@@ -217,17 +220,31 @@ class TextTask:
                                    PretrainConfig(pt.epochs, pt.lr, pt.batch_size, pt.max_len, seed=self.cfg.seed),
                                    progress=self.cfg.train.progress, checkpoint_dir=self.run_dir / PRETRAIN_DIR,
                                    save_every_s=pt.checkpoint_every_s)
-            save_weights(policy, ref_path)
-            ref = copy.deepcopy(policy)
-        ref.eval()
-        ref.requires_grad_(False)
-        self.reference = ref.to(self.device)
+        self.reference = self._reference(policy, resumed)
         # under torchrun each process plays its share of the conversations, with its own stream of examples
         self.collector = self._collector(self.env.examples("train"), self.reference, self.kl, self.t.samples_per_prompt,
                                          seed=distributed.rank_seed(self.cfg.seed),
                                          conversations=distributed.split(self.t.conversations_per_update,
                                                                          "text.conversations_per_update"))
         return metrics
+
+    def _reference(self, policy: LMPolicy, resumed: bool) -> Reference:
+        """The frozen reference: a LoRA policy's own network with its adapters off; else a copy of the policy as RL
+        starts, saved beside the run (a resumed run, or a reader, loads it)."""
+        if self.cfg.policy.lora is not None:
+            return AdaptersOff(policy)
+        ref_path = self.run_dir / "reference.safetensors"
+        if resumed or not self.writer:
+            if not ref_path.is_file():
+                raise ConfigError(f"{ref_path} is missing: the run's reference model is not there")
+            ref = self.build_policy()  # a throwaway copy: frozen as it is
+            load_weights_checked(ref, ref_path)
+        else:
+            save_weights(policy, ref_path)
+            ref = copy.deepcopy(policy)
+        ref.eval()
+        ref.requires_grad_(False)
+        return ref.to(self.device)
 
     # ------------------------------------------------------------------------------------ the loop
     def collect(self, policy: LMPolicy) -> tuple[Rollout, dict[str, float]]:
@@ -249,7 +266,7 @@ class TextTask:
         """Nothing to do."""
 
     def play(self, policy: LMPolicy, examples: list[Example], sampling: SamplingConfig | None,
-             reference: LMPolicy | None = None, samples: int = 1) -> tuple[Rollout, ConversationStats, Played]:
+             reference: Reference | None = None, samples: int = 1) -> tuple[Rollout, ConversationStats, Played]:
         """``samples`` conversations per example with the given sampling settings (None: the policy's own)."""
         col = self._collector(examples, reference, FixedKLController(0.0), samples)
         return col.collect(policy, list(range(len(examples))), sampling)

@@ -224,7 +224,9 @@ class Trainer:
         before: dict[str, float] = {}
         if self.iteration == 0 and self.lead:  # a fresh run: where training starts from (after pre-training, for text)
             before = self.evaluate()
-            self._log(0, {"iteration": 0, **self.prepare_metrics, **before})
+            sizes = {"model/parameters": sum(p.numel() for p in self.policy.parameters()),
+                     "model/trainable_parameters": sum(p.numel() for p in self.policy.parameters() if p.requires_grad)}
+            self._log(0, {"iteration": 0, **self.prepare_metrics, **sizes, **before})
         with TrainingProgress(total, self.task.steps, enabled=cfg.train.progress and self.lead) as bar:
             self._bar = bar
             while self.task.steps < total:
