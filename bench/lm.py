@@ -4,12 +4,14 @@
    (random weights, built here: no download), batch 64, 16 prompt tokens, 48 new tokens, sampling at
    temperature 1, one thread. lmpo's sampler also returns what RL needs (the log-prob of each token under
    the distribution it was sampled from, and the value of each state); ``generate()`` returns tokens only.
-2. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
+2. The same sampler with its transformer blocks compiled for decoding (``torch.compile``, ``policy.compile:
+   [decode]``) against it run eagerly, on the same model and batch, one thread.
+3. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
    against the same body running PyTorch's ``nn.GRU`` on packed sequences (``torch_kernels=True``, what
    lmpo ran before), on a batch shaped like the main job's (64 replies of 1-64 tokens after prompts of
    5-72), two threads.
 
-    python bench/lm.py [--repeats 5]
+    python bench/lm.py [--repeats 5] [--part all|generation|compiled|recurrent]
 """
 
 from __future__ import annotations
@@ -80,6 +82,36 @@ def bench_generation(repeats: int) -> None:
     print(f"  ratio lmpo / transformers: {med['lmpo'] / med['transformers']:.2f}")
 
 
+def bench_compiled(repeats: int) -> None:
+    """lmpo's ``generate`` with its transformer blocks compiled for decoding (``policy.compile: [decode]``) against
+    the same sampler run eagerly, new tokens per second; the first compiled call's time (compilation) apart."""
+    torch.set_num_threads(1)
+    from lmpo.policies import generate
+    from lmpo.policies.hf import HFCausalLM, compile_blocks
+
+    model = build_model()
+    prompts = torch.randint(3, model.config.vocab_size, (BATCH, PROMPT))
+    sampling = SamplingConfig(temperature=1.0, min_new_tokens=NEW, max_new_tokens=NEW)
+    eager = LMPolicy(HFCausalLM(model), pad_id=0, eos_id=2, sampling=sampling)
+    compiled = LMPolicy(HFCausalLM(model), pad_id=0, eos_id=2, sampling=sampling)
+    compile_blocks(compiled.body, ["decode"])
+    start = time.perf_counter()
+    generate(compiled, prompts)
+    first = time.perf_counter() - start
+    torch.manual_seed(0)
+    a = generate(eager, prompts)
+    torch.manual_seed(0)
+    b = generate(compiled, prompts)
+    agree = float((a.tokens == b.tokens).float().mean())
+    med = interleaved({"eager": lambda: int(generate(eager, prompts).mask.sum()),
+                       "compiled": lambda: int(generate(compiled, prompts).mask.sum())}, repeats)
+    print(f"GPT-2 4x256 decoding, batch {BATCH}, {NEW} new tokens, 1 thread; median of {repeats}; first compiled call "
+          f"{first:.0f} s (compilation); sampled tokens equal to eager's: {agree:.1%}")
+    for k, v in med.items():
+        print(f"  {k:13s} {v:9.0f} new tokens/s")
+    print(f"  ratio compiled / eager: {med['compiled'] / med['eager']:.2f}")
+
+
 def bench_recurrent(repeats: int) -> None:
     """The update pass of the main job's GRU policy: lmpo's recurrence against ``nn.GRU``'s packed path."""
     torch.set_num_threads(2)
@@ -120,9 +152,14 @@ def bench_recurrent(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--part", choices=["all", "generation", "compiled", "recurrent"], default="all")
     args = parser.parse_args()
-    bench_generation(args.repeats)
-    bench_recurrent(args.repeats)
+    if args.part in ("all", "generation"):
+        bench_generation(args.repeats)
+    if args.part in ("all", "compiled"):
+        bench_compiled(args.repeats)
+    if args.part in ("all", "recurrent"):
+        bench_recurrent(args.repeats)
 
 
 if __name__ == "__main__":

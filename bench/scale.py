@@ -11,18 +11,19 @@ and total work.
    ``time/update_s``; evaluation and start-up excluded), medians over rounds, and each round's ratio. The learning
    curve beside it: the mean training satisfaction per update and the final greedy held-out satisfaction.
 
-``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``), fine-tuned first by lmpo's
-pre-training on the prompt set (``configs/prompts-example.yaml``), then trained with PPO twice from that model: full
-fine-tuning (every weight, a frozen reference copy) and LoRA (adapters only; the reference is the same network with
-its adapters off). Peak resident memory of each training process (and its rise over the process's memory once its
-libraries are imported), and the sampled reward before and after on training and held-out prompts.
+``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``: about 100 M parameters by
+default), fine-tuned first by lmpo's pre-training on the prompt set (``configs/prompts-example.yaml``), then trained
+with PPO (minibatches of 16 replies, gradient checkpointing) twice from that model: full fine-tuning (every weight, a
+frozen reference copy) and LoRA (adapters only; the reference is the same network with its adapters off).
+Peak resident memory of each training process (and its rise over the process's memory once its libraries are
+imported), and the sampled reward before and after on training and held-out prompts.
 
 ``--part mfu``: model FLOP utilisation of the main job's update step (PPO's epochs of minibatch forward and
 backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMode`` on the rollout whose update
 was timed, against this machine's measured float32 matmul peak at the same number of threads.
 
     python bench/scale.py --part ddp [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
-    python bench/scale.py --part lora [--width 512] [--layers 8] [--lora-steps 1280]
+    python bench/scale.py --part lora [--width 1024] [--layers 8] [--lora-steps 320]
     python bench/scale.py --part mfu [--recipe support] [--updates 3]
 """
 
@@ -164,7 +165,7 @@ def lora(args: argparse.Namespace) -> None:
     lmpo(["train", *common, f"policy.path={tmp / 'model'}", "name=sft", "text.pretrain.lr=0.001",
           "train.total_steps=64"])
     print(f"fine-tuned by pre-training in {time.perf_counter() - start:.0f} s")
-    ppo = ("algo={name: ppo, lr: LR, epochs: 2, batch_size: 64, max_grad_norm: 1.0, advantage: {estimator: returns, "
+    ppo = ("algo={name: ppo, lr: LR, epochs: 2, batch_size: 16, max_grad_norm: 1.0, advantage: {estimator: returns, "
            "gamma: 1.0, baseline: group, group_std: false, whiten: false}}")
     setups = [("full fine-tuning, reference copy", [ppo.replace("LR", "0.00002")]),
               ("LoRA r=16, reference = adapters off", [ppo.replace("LR", "0.0005"), "policy.lora={r: 16, alpha: 32}"])]
@@ -175,7 +176,8 @@ def lora(args: argparse.Namespace) -> None:
     for i, (label, extra) in enumerate(setups):
         start = time.perf_counter()
         peak, rise = peak_memory(["train", *common, f"policy.path={tmp / 'sft' / 'hf'}", f"name=run{i}",
-                                  "text.pretrain.epochs=0", f"train.total_steps={args.lora_steps}", *extra])
+                                  "text.pretrain.epochs=0", f"train.total_steps={args.lora_steps}",
+                                  "policy.gradient_checkpointing=true", *extra])
         peaks.append((peak, rise))
         records = read_metrics(tmp / f"run{i}")
         before, after = records[0], records[-1]
@@ -257,9 +259,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="ddp: replies (environment steps) of RL per setup")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--width", type=int, default=512, help="lora: the GPT-2's width")
+    parser.add_argument("--width", type=int, default=1024, help="lora: the GPT-2's width")
     parser.add_argument("--layers", type=int, default=8, help="lora: the GPT-2's layers")
-    parser.add_argument("--lora-steps", type=int, default=1280, help="lora: replies of PPO per setup")
+    parser.add_argument("--lora-steps", type=int, default=320, help="lora: replies of PPO per setup")
     parser.add_argument("--updates", type=int, default=3, help="mfu: updates measured")
     parser.add_argument("overrides", nargs="*", help="ddp, mfu: more overrides for every run")
     args = parser.parse_args()

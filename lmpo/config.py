@@ -115,6 +115,11 @@ class PolicyConfig(Section):
     gradient_checkpointing: bool = Field(
         False, description="transformer, hf: keep only each block's input in a training pass and recompute the block "
         "in backward (activation memory of one block instead of all, for about a third more compute).")
+    compile: list[Literal["decode", "score"]] = Field(
+        [], description="transformer, hf (GPT-2 architecture): torch.compile the transformer blocks for decoding "
+        "steps and/or scoring passes (forward and backward of updates); the first call of each compiles (a minute on "
+        "a small CPU). Not 'score' with TRPO, whose Fisher products differentiate twice. docs/scaling.md has "
+        "measurements.")
     lora: LoraSection | None = Field(
         None, description="hf: train LoRA adapters (peft; pip install 'lmpo[lora]') instead of every weight. The "
         "reference is the same network with its adapters disabled (no second copy), the value head stays separate; "
@@ -347,6 +352,16 @@ class Config(Section):
 
         return text_env(self.env.id) is not None
 
+    def _blocks_fit(self) -> None:
+        p = self.policy
+        if p.gradient_checkpointing and p.kind not in ("transformer", "hf"):
+            raise ValueError("policy.gradient_checkpointing is for transformer and hf policies")
+        if p.compile and p.kind not in ("transformer", "hf"):
+            raise ValueError("policy.compile is for transformer and hf policies")
+        if "score" in p.compile and self.algo.name == "trpo":
+            raise ValueError("policy.compile 'score' cannot serve TRPO: compiled graphs are not twice differentiable "
+                             "(its Fisher-vector products need that); compile 'decode' only")
+
     def _lora_fits(self, t: TextConfig) -> None:
         if self.policy.lora is None:
             return
@@ -397,8 +412,7 @@ class Config(Section):
             if self.text is None:
                 self.text = TextConfig()
             self._lora_fits(self.text)
-            if self.policy.gradient_checkpointing and self.policy.kind not in ("transformer", "hf"):
-                raise ValueError("policy.gradient_checkpointing is for transformer and hf policies")
+            self._blocks_fit()
             self._transformer_fits(self.text)
             if self.algo.advantage.baseline in ("loo", "group") and self.text.samples_per_prompt < 2:
                 raise ValueError(f"algo.advantage.baseline {self.algo.advantage.baseline!r} compares a prompt's "

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
-from lmpo.policies.lm import kept_positions, recomputed
+from lmpo.policies.lm import block_runner, kept_positions, recomputed
 
 
 @dataclass
@@ -69,6 +69,11 @@ class Block(nn.Module):
         return x + F.dropout(self.mlp(self.ln2(x)), self.dropout, self.training)
 
 
+def _call(block: nn.Module, *args: Any) -> Tensor:
+    """``block(*args)``: what ``block_runner`` compiles for lmpo's blocks."""
+    return block(*args)
+
+
 class GPT(nn.Module):
     """Token + position embeddings (or rotary positions), ``n_layer`` blocks, final norm, tied output projection."""
 
@@ -86,6 +91,7 @@ class GPT(nn.Module):
             self.pos = nn.Embedding(cfg.max_len, cfg.d_model)
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layer))
         self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
+        self.compile_passes: frozenset[str] = frozenset()  # passes whose blocks run compiled (``compile_blocks``)
         self.ln = nn.LayerNorm(cfg.d_model)
         self.apply(self._init)
         for name, p in self.named_parameters():
@@ -117,10 +123,11 @@ class GPT(nn.Module):
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             head_dim = self.cfg.d_model // self.cfg.n_head
             cache = StaticKV(self.cfg.n_layer, b, self.cfg.n_head, head_dim, total + 64, x)
+        run = block_runner(self.compile_passes, _call)
         for i, block in enumerate(self.blocks):
             if self.checkpointing and cache is None and torch.is_grad_enabled():
-                x = recomputed(block, block, x, bias, i, 0, None, rot)
+                x = recomputed(block, run, block, x, bias, i, 0, None, rot)
             else:
-                x = block(x, bias, i, total - length, cache, rot)
+                x = run(block, x, bias, i, total - length, cache, rot)
         h = self.ln(x)
         return F.linear(kept_positions(h, keep), self.tok.weight), h, cache

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from lmpo.data.tokenizer import add_pad_token
 from lmpo.policies.attention import StaticKV, attend, attention_bias, compute_dtype, token_positions
 from lmpo.policies.base import save_weights
-from lmpo.policies.lm import LMPolicy, kept_positions, recomputed
+from lmpo.policies.lm import PASSES, LMPolicy, block_runner, kept_positions, recomputed
 from lmpo.policies.sampling import SamplingConfig
 
 
@@ -53,6 +53,7 @@ class HFCausalLM(nn.Module):
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
         self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
+        self.compile_passes: frozenset[str] = frozenset()  # passes whose blocks run compiled (``compile_blocks``)
 
     def forward(self, ids: Tensor, mask: Tensor, cache: Any = None,
                 keep: int | Tensor = 0) -> tuple[Tensor, Tensor, Any]:
@@ -84,11 +85,12 @@ class HFCausalLM(nn.Module):
         bias = attention_bias(mask, length, compute_dtype(x))  # (B, 1, L, total)
         if cache is None and not torch.is_grad_enabled():  # decoding starts: room for 64 more tokens
             cache = StaticKV(len(tr.h), b, heads, head_dim, total + 64, x)
+        run = block_runner(self.compile_passes, HFCausalLM._gpt2_block)
         for i, block in enumerate(tr.h):
             if self.checkpointing and cache is None and torch.is_grad_enabled():
-                x = recomputed(block, self._gpt2_block, block, x, bias, i, past, None, heads)
+                x = recomputed(block, run, self, block, x, bias, i, past, None, heads)
             else:
-                x = self._gpt2_block(block, x, bias, i, past, cache, heads)
+                x = run(self, block, x, bias, i, past, cache, heads)
         h = tr.ln_f(x)
         return model.lm_head(kept_positions(h, keep)).float(), h, cache
 
@@ -125,6 +127,20 @@ def checkpoint_blocks(body: nn.Module) -> None:
         raise ValueError(f"gradient checkpointing: {type(body.model).__name__} names no blocks (_no_split_modules)")
     for block in blocks:
         block.forward = partial(_checkpointed, block, block.forward)
+
+
+def compile_blocks(body: nn.Module, passes: list[str]) -> None:
+    """``torch.compile`` of each transformer block for the given ``passes`` (``lmpo.policies.lm.PASSES``): decoding
+    steps and/or scoring passes; the others run eagerly. For lmpo's transformer and GPT-2-architecture hf models
+    (whose blocks lmpo runs itself)."""
+    from lmpo.policies.gpt import GPT
+
+    if not (isinstance(body, GPT) or isinstance(body, HFCausalLM) and body.native):
+        raise ValueError("compiling blocks is for lmpo's transformer and GPT-2-architecture hf models")
+    unknown = set(passes) - set(PASSES)
+    if unknown:
+        raise ValueError(f"unknown passes to compile: {sorted(unknown)} (known: {', '.join(PASSES)})")
+    body.compile_passes = frozenset(passes)
 
 
 def _checkpointed(block: nn.Module, forward: Any, *args: Any, **kwargs: Any) -> Any:

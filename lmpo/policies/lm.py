@@ -8,6 +8,7 @@ from the ids. The value of response position ``t`` is read from the hidden state
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
@@ -39,6 +40,22 @@ def kept_positions(h: Tensor, keep: int | Tensor) -> Tensor:
     if isinstance(keep, Tensor):
         return h[keep]
     return h[:, -keep:] if keep else h
+
+
+PASSES = ("decode", "score")  # what may be compiled: decoding steps (no gradient), scoring passes (with)
+
+
+@functools.cache
+def _compiled(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return torch.compile(fn, dynamic=True)
+
+
+def block_runner(compile_passes: frozenset[str], fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``fn`` (a transformer block's computation, taking the block as its first argument), or its ``torch.compile``d
+    twin when compilation was asked for this kind of pass. One compiled function serves every block of every model
+    (modules are arguments, not constants), compiled on first use with dynamic shapes."""
+    kind = "score" if torch.is_grad_enabled() else "decode"
+    return _compiled(fn) if kind in compile_passes else fn
 
 
 def recomputed(module: nn.Module, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:

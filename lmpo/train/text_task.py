@@ -25,7 +25,7 @@ from lmpo.data.corpus import Turn
 from lmpo.envs.text import Example, TextEnvironment, text_env
 from lmpo.policies import GPT, GPTConfig, LMPolicy, RecurrentLM, SamplingConfig
 from lmpo.policies.base import save_weights
-from lmpo.policies.hf import checkpoint_blocks
+from lmpo.policies.hf import checkpoint_blocks, compile_blocks
 from lmpo.policies.lora import AdaptersOff, add_lora, save_lora_export
 from lmpo.rewards.registry import WeightedReward
 from lmpo.train import distributed
@@ -161,6 +161,11 @@ class TextTask:
                 body = add_lora(body, p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules)
         if p.gradient_checkpointing:
             checkpoint_blocks(body)
+        if p.compile:
+            try:
+                compile_blocks(body, list(p.compile))
+            except ValueError as e:
+                raise ConfigError(f"policy.compile: {e}") from None
         return LMPolicy(body, int(tok.pad_token_id), self.chat.eos_ids[0], self.sampling, stop_ids=self.chat.eos_ids)
 
     def _from_policy_path(self, load: Callable[[str], Any]) -> Any:

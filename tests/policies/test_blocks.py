@@ -1,5 +1,6 @@
-"""Gradient checkpointing (policy.gradient_checkpointing): the same gradients (and TRPO's second derivatives), with
-each block run again in backward, for lmpo's transformer, GPT-2's native path and another Hugging Face model."""
+"""What can be done to a transformer's blocks: gradient checkpointing (the same gradients, and TRPO's second
+derivatives, with each block run again in backward) for lmpo's transformer, GPT-2's native path and another Hugging
+Face model; torch.compile for decoding and scoring (the same replies, log-probs and gradients)."""
 
 import copy
 from pathlib import Path
@@ -10,7 +11,8 @@ import torch
 from lmpo.algorithms.trpo import flat_grad
 from lmpo.policies import GPT, GPTConfig, LMPolicy
 from lmpo.policies.generation import generate
-from lmpo.policies.hf import checkpoint_blocks, load_hf_policy
+from lmpo.config import ConfigError, load_config
+from lmpo.policies.hf import checkpoint_blocks, compile_blocks, load_hf_policy
 from lmpo.policies.recurrent import RecurrentLM
 from lmpo.policies.sampling import SamplingConfig
 from tests.policies.test_hf import _prompts, tiny_dir, tiny_llama_dir  # noqa: F401  (fixtures)
@@ -70,3 +72,39 @@ def test_checkpointing_gives_the_same_gradients_and_recomputes_blocks(kind: str,
 def test_recurrent_bodies_are_refused() -> None:
     with pytest.raises(ValueError, match="transformer and hf"):
         checkpoint_blocks(RecurrentLM(50, "gru", 8, 16))
+
+
+def test_compiled_blocks_decode_and_score_as_eager_ones() -> None:
+    from torch._dynamo.utils import counters
+
+    eager, prompts = _policies("transformer", Path(), Path())
+    compiled = copy.deepcopy(eager)
+    compile_blocks(compiled.body, ["decode", "score"])
+    counters.clear()
+    replies = []
+    for policy in (eager, compiled):
+        torch.manual_seed(3)
+        replies.append(generate(policy, prompts))
+    assert torch.equal(replies[0].tokens, replies[1].tokens)
+    torch.testing.assert_close(replies[1].logprobs, replies[0].logprobs, rtol=1e-4, atol=1e-5)
+    grads = []
+    for policy in (eager, compiled):
+        ev = policy.evaluate(prompts, replies[0].tokens)
+        (ev.log_probs.sum() + ev.values.sum()).backward()
+        grads.append(torch.cat([p.grad.reshape(-1) for p in policy.parameters() if p.grad is not None]))
+    torch.testing.assert_close(grads[1], grads[0], rtol=1e-4, atol=1e-5)
+    assert counters["stats"]["unique_graphs"] >= 2  # a decoding graph and a scoring one were compiled
+    with pytest.raises(ValueError, match="unknown passes"):
+        compile_blocks(compiled.body, ["everything"])
+
+
+def test_block_options_are_checked() -> None:
+    with pytest.raises(ConfigError, match="transformer and hf"):
+        load_config(None, ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.compile=[decode]"])
+    with pytest.raises(ConfigError, match="not twice differentiable"):
+        load_config(None, ["env.id=lmpo/Chatbot-v0", "policy.kind=transformer", "algo.name=trpo",
+                           "policy.compile=[score]"])
+    with pytest.raises(ConfigError, match="transformer and hf"):
+        load_config(None, ["env.id=lmpo/Chatbot-v0", "policy.kind=gru", "policy.gradient_checkpointing=true"])
+    cfg = load_config(None, ["env.id=lmpo/Chatbot-v0", "policy.kind=transformer", "policy.compile=[decode, score]"])
+    assert cfg.policy.compile == ["decode", "score"]
