@@ -11,10 +11,11 @@ and total work.
    ``time/update_s``; evaluation and start-up excluded), medians over rounds, and each round's ratio. The learning
    curve beside it: the mean training satisfaction per update and the final greedy held-out satisfaction.
 
-``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``: about 100 M parameters by
-default), fine-tuned first by lmpo's pre-training on the prompt set (``configs/prompts-example.yaml``), then trained
-with PPO (minibatches of 16 replies, gradient checkpointing) twice from that model: full fine-tuning (every weight, a
-frozen reference copy) and LoRA (adapters only; the reference is the same network with its adapters off).
+``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``: about 60 M parameters by
+default), fine-tuned first by lmpo's pre-training (``--sft-epochs``) on the prompt set
+(``configs/prompts-example.yaml``), then trained with PPO (minibatches of 16 replies, gradient checkpointing) twice
+from that model: full fine-tuning (every weight, a frozen reference copy) and LoRA (adapters only; the reference is
+the same network with its adapters off).
 Peak resident memory of each training process (and its rise over the process's memory once its libraries are
 imported), and the sampled reward before and after on training and held-out prompts.
 
@@ -23,7 +24,7 @@ backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMo
 was timed, against this machine's measured float32 matmul peak at the same number of threads.
 
     python bench/scale.py --part ddp [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
-    python bench/scale.py --part lora [--width 1024] [--layers 8] [--lora-steps 320]
+    python bench/scale.py --part lora [--width 768] [--layers 8] [--lora-steps 320] [--sft-epochs 4]
     python bench/scale.py --part mfu [--recipe support] [--updates 3]
 """
 
@@ -163,7 +164,7 @@ def lora(args: argparse.Namespace) -> None:
               "text.eval_samples=2", "train.threads=2"]
     start = time.perf_counter()
     lmpo(["train", *common, f"policy.path={tmp / 'model'}", "name=sft", "text.pretrain.lr=0.001",
-          "train.total_steps=64"])
+          f"text.pretrain.epochs={args.sft_epochs}", "train.total_steps=64"])
     print(f"fine-tuned by pre-training in {time.perf_counter() - start:.0f} s")
     ppo = ("algo={name: ppo, lr: LR, epochs: 2, batch_size: 16, max_grad_norm: 1.0, advantage: {estimator: returns, "
            "gamma: 1.0, baseline: group, group_std: false, whiten: false}}")
@@ -259,9 +260,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="ddp: replies (environment steps) of RL per setup")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--width", type=int, default=1024, help="lora: the GPT-2's width")
+    parser.add_argument("--width", type=int, default=768, help="lora: the GPT-2's width")
     parser.add_argument("--layers", type=int, default=8, help="lora: the GPT-2's layers")
     parser.add_argument("--lora-steps", type=int, default=320, help="lora: replies of PPO per setup")
+    parser.add_argument("--sft-epochs", type=int, default=4, help="lora: epochs of pre-training before PPO")
     parser.add_argument("--updates", type=int, default=3, help="mfu: updates measured")
     parser.add_argument("overrides", nargs="*", help="ddp, mfu: more overrides for every run")
     args = parser.parse_args()

@@ -66,6 +66,9 @@ def cache_row(cache: Any, index: int, mask: Tensor) -> Any | None:
     return cache.row(index, mask.nonzero().squeeze(1)) if isinstance(cache, StaticKV) else None
 
 
+SYNC_EVERY = 8  # decoding steps between looks at which rows are done on a GPU (each look waits for it)
+
+
 @torch.no_grad()
 def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None = None,
              stop: Callable[[list[int]], bool] | None = None, use_cache: bool = True) -> Generation:
@@ -73,6 +76,11 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
 
     A row ends at ``<eos>`` (or another of the policy's ``stop_ids``), when ``stop(tokens_so_far)`` says so
     (stop strings), or after ``max_new_tokens``. ``use_cache=False`` re-runs the whole sequence every step (for tests).
+
+    At every step on the CPU, every ``SYNC_EVERY`` on a GPU (a look waits for it), it checks which rows are done: when
+    all are it stops, and when a quarter of the batch is, those rows leave it (with their cache, and the columns that
+    are padding for every row left), so the rest decode in a smaller batch. The random draws are those of the whole
+    batch, so the replies do not depend on when rows leave.
     """
     cfg = settings or policy.sampling
     b = prompts.shape[0]
@@ -83,30 +91,41 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
     values = torch.zeros(b, cfg.max_new_tokens, device=device)
     done = torch.zeros(b, dtype=torch.bool, device=device)
     stop_ids = torch.tensor(policy.stop_ids, device=device)
+    rows = torch.arange(b, device=device)  # (n,) the original row of each row still in the batch
+    every = 1 if device.type == "cpu" else SYNC_EVERY
     with policy._no_dropout():
         logits, hidden, cache = policy.body(ids, mask, keep=1)
+        leave = use_cache and regroupable(cache)
         for t in range(cfg.max_new_tokens):
-            logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.stop_ids)  # (B, V)
+            logp = sampling_logprobs(logits[:, -1], t, cfg, policy.pad_id, policy.stop_ids)  # (n, V)
             if cfg.greedy:
                 tok = logp.argmax(-1)
-            else:
-                tok = sample_categorical(logp)
-            tok = tok.masked_fill(done, policy.pad_id)
-            tokens[:, t] = tok
-            logprobs[:, t] = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).masked_fill(done, 0.0)
-            values[:, t] = policy.value_head(hidden[:, -1]).squeeze(-1).masked_fill(done, 0.0)
-            done = done | ((tok == policy.eos_id) if len(policy.stop_ids) == 1 else torch.isin(tok, stop_ids))
+            else:  # the whole batch's uniforms, every step: the same draws whichever rows are left
+                tok = sample_categorical(logp, torch.rand(b, 1, device=device)[rows])
+            tok = tok.masked_fill(done[rows], policy.pad_id)
+            tokens[rows, t] = tok
+            logprobs[rows, t] = logp.gather(-1, tok.unsqueeze(-1)).squeeze(-1).masked_fill(done[rows], 0.0).float()
+            values[rows, t] = policy.value_head(hidden[:, -1]).squeeze(-1).masked_fill(done[rows], 0.0).float()
+            done[rows] |= (tok == policy.eos_id) if len(policy.stop_ids) == 1 else torch.isin(tok, stop_ids)
             if stop is not None:
                 for i in torch.nonzero(~done).flatten().tolist():
                     done[i] = stop(tokens[i, : t + 1].tolist())
-            if bool(done.all()) or t == cfg.max_new_tokens - 1:
+            if t == cfg.max_new_tokens - 1:
                 break
-            step_ids = tok.unsqueeze(1)
             mask = torch.cat([mask, (tok != policy.pad_id).unsqueeze(1)], dim=1)  # pad is never sampled
+            if (t + 1) % every == 0 or stop is not None:
+                finished = int(done[rows].sum())
+                if finished == rows.numel():
+                    break
+                if leave and finished >= max(1, rows.numel() // 4):
+                    keep = (~done[rows]).nonzero().squeeze(1)
+                    first = int(mask[keep].any(0).int().argmax()) if isinstance(cache, StaticKV) else 0
+                    cache = cache_stack([(cache, first, mask.shape[1] - 1, keep)])
+                    rows, tok, mask = rows[keep], tok[keep], mask[keep, first:]
             if use_cache:
-                logits, hidden, cache = policy.body(step_ids, mask, cache)
+                logits, hidden, cache = policy.body(tok.unsqueeze(1), mask, cache)
             else:
-                ids = torch.cat([ids, step_ids], dim=1)
+                ids = torch.cat([ids, tok.unsqueeze(1)], dim=1)
                 logits, hidden, _ = policy.body(ids, mask, keep=1)
     reply_mask = (tokens != policy.pad_id).float()
     return Generation(tokens, reply_mask, logprobs * reply_mask, values * reply_mask)

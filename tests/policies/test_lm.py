@@ -265,3 +265,27 @@ def test_top_p_keeps_the_nucleus_of_a_full_sort(scale: float, top_p: float) -> N
     probs = torch.softmax(x, -1).gather(-1, order)
     nucleus = torch.zeros_like(x, dtype=torch.bool).scatter(-1, order, (probs.cumsum(-1) - probs) < top_p)
     assert torch.equal(outside_nucleus(x, top_p), ~nucleus)
+
+
+@pytest.mark.parametrize("kind", ["transformer", "gru"])
+def test_finished_rows_leave_the_batch_and_the_replies_stay_the_same(kind: str) -> None:
+    torch.manual_seed(0)
+    body = GPT(GPTConfig(64, 2, 2, 32, 128, 0.0, "rotary")) if kind == "transformer" else RecurrentLM(64, "gru", 16, 32)
+    with torch.no_grad():  # make <eos> (id 2) likely from some states and not others: replies of many lengths
+        (body.tok if kind == "transformer" else body.embed).weight[2] *= 8
+        if kind == "gru":
+            body.proj.bias[2] += 2.0
+    policy = LMPolicy(body, 0, 2, SamplingConfig(temperature=1.0, max_new_tokens=24))
+    lengths = torch.randint(2, 9, (16,))
+    prompts = torch.randint(3, 64, (16, 8)).masked_fill(torch.arange(8) < 8 - lengths.unsqueeze(1), 0)
+    sizes: list[int] = []
+    body.register_forward_pre_hook(lambda module, args: sizes.append(args[0].shape[0]))
+    torch.manual_seed(1)
+    left = generate(policy, prompts)
+    assert min(sizes) < 16  # finished rows left the batch
+    torch.manual_seed(1)
+    whole = generate(policy, prompts, use_cache=False)  # every row to the end, nothing leaves
+    assert len(set(left.mask.sum(1).tolist())) > 3  # replies of many lengths
+    assert torch.equal(left.tokens, whole.tokens)
+    torch.testing.assert_close(left.logprobs, whole.logprobs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(left.values, whole.values, rtol=1e-4, atol=1e-5)
