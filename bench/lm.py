@@ -110,6 +110,48 @@ def bench_compiled(repeats: int) -> None:
     for k, v in med.items():
         print(f"  {k:13s} {v:9.0f} new tokens/s")
     print(f"  ratio compiled / eager: {med['compiled'] / med['eager']:.2f}")
+    bench_compiled_main_job(repeats)
+
+
+def bench_compiled_main_job(repeats: int) -> None:
+    """The main job's transformer (2 layers of 128, rotary, vocab 2048): decoding and the scoring pass (``evaluate``
+    forward + backward, what PPO's update runs) compiled against eager, batch 64, prompts of 100 tokens."""
+    from lmpo.policies import GPT, GPTConfig, generate
+    from lmpo.policies.hf import compile_blocks
+
+    def make() -> LMPolicy:
+        torch.manual_seed(0)
+        return LMPolicy(GPT(GPTConfig(2048, 2, 4, 128, 512, 0.0, "rotary")), pad_id=0, eos_id=2,
+                        sampling=SamplingConfig(temperature=1.0, min_new_tokens=32, max_new_tokens=32))
+
+    eager, compiled = make(), make()
+    compile_blocks(compiled.body, ["decode", "score"])
+    prompts = torch.randint(3, 2048, (BATCH, 100))
+    replies = generate(eager, prompts).tokens
+
+    def decode(policy: LMPolicy) -> Callable[[], float]:
+        return lambda: float(generate(policy, prompts).mask.sum())
+
+    def score(policy: LMPolicy) -> Callable[[], float]:
+        def run() -> float:
+            ev = policy.evaluate(prompts, replies)
+            ev.log_probs.sum().backward()
+            policy.zero_grad()
+            return float(BATCH)
+        return run
+
+    start = time.perf_counter()
+    decode(compiled)()
+    score(compiled)()
+    first = time.perf_counter() - start
+    med = interleaved({"decode, eager": decode(eager), "decode, compiled": decode(compiled),
+                       "score, eager": score(eager), "score, compiled": score(compiled)}, repeats)
+    print(f"the main job's transformer (2x128, rotary, vocab 2048), batch {BATCH}, prompts of 100 tokens, 1 thread; "
+          f"median of {repeats}; first compiled calls {first:.0f} s")
+    print(f"  decoding {med['decode, eager']:.0f} -> {med['decode, compiled']:.0f} new tokens/s "
+          f"({med['decode, compiled'] / med['decode, eager']:.2f}x); scoring (forward + backward) "
+          f"{med['score, eager']:.0f} -> {med['score, compiled']:.0f} replies/s "
+          f"({med['score, compiled'] / med['score, eager']:.2f}x)")
 
 
 def bench_recurrent(repeats: int) -> None:

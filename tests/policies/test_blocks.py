@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from lmpo.algorithms.trpo import flat_grad
+from lmpo.config import ConfigError, load_config
 from lmpo.policies import GPT, GPTConfig, LMPolicy
 from lmpo.policies.generation import generate
-from lmpo.config import ConfigError, load_config
 from lmpo.policies.hf import checkpoint_blocks, compile_blocks, load_hf_policy
 from lmpo.policies.recurrent import RecurrentLM
 from lmpo.policies.sampling import SamplingConfig
@@ -51,7 +51,7 @@ def test_checkpointing_gives_the_same_gradients_and_recomputes_blocks(kind: str,
     for name, policy in (("plain", plain), ("ckpt", ckpt)):
         _block_module(policy, kind).register_forward_hook(lambda *a, n=name: runs.__setitem__(n, runs[n] + 1))
     grads = []
-    for name, policy in (("plain", plain), ("ckpt", ckpt)):
+    for policy in (plain, ckpt):
         params = [p for p in policy.parameters() if p.requires_grad]
         ev = policy.evaluate(prompts, gen.tokens)
         loss = -(ev.log_probs * gen.mask).sum() + ev.values.square().sum()
