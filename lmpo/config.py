@@ -82,8 +82,6 @@ MAX_BATCH = 1 << 20
 class LoraSection(Section):
     r: int = Field(8, ge=1, le=4096, description="Rank of each adapter.")
     alpha: int = Field(16, ge=1, description="Scale numerator: an adapter's update is scaled by alpha / r.")
-    dropout: float = Field(0.0, ge=0, lt=1, description="Dropout on the adapters' input (updates only; rollouts and "
-                           "scoring run without it).")
     target_modules: list[str] | None = Field(
         None, description="Names of the modules that get adapters, as peft matches them (None: every linear layer "
         "but the output head, peft's 'all-linear').")
@@ -116,10 +114,10 @@ class PolicyConfig(Section):
         False, description="transformer, hf: keep only each block's input in a training pass and recompute the block "
         "in backward (activation memory of one block instead of all, for about a third more compute).")
     compile: list[Literal["decode", "score"]] = Field(
-        [], description="transformer, hf (GPT-2 architecture): torch.compile the transformer blocks for decoding "
-        "steps and/or scoring passes (forward and backward of updates); the first call of each compiles (a minute on "
-        "a small CPU). Not 'score' with TRPO, whose Fisher products differentiate twice. docs/scaling.md has "
-        "measurements.")
+        [], description="transformer, hf (GPT-2 architecture): torch.compile the transformer blocks for 'decode', "
+        "the passes without gradients (generation, the reference's and the evaluation's scoring), and/or 'score', "
+        "those with (the updates' forward and backward); the first call of each compiles (a minute on a small CPU). "
+        "Not 'score' with TRPO, whose Fisher products differentiate twice. docs/scaling.md has measurements.")
     lora: LoraSection | None = Field(
         None, description="hf: train LoRA adapters (peft; pip install 'lmpo[lora]') instead of every weight. The "
         "reference is the same network with its adapters disabled (no second copy), the value head stays separate; "
@@ -228,8 +226,8 @@ class AlgoBase(Section):
     adam_eps: float = Field(1e-5, gt=0, description="Adam epsilon.")
     optimizer: Literal["auto", "flat_adam", "adam"] = Field(
         "auto", description="Adam over the parameters that require gradients: 'flat_adam' re-homes them in one "
-        "buffer (one fused step; faster on small dense policies), 'adam' is torch's over the parameters as they are "
-        "(FSDP's sharded ones); 'auto' picks flat_adam unless the parameters are sharded.")
+        "buffer (one fused step; faster on small dense policies), 'adam' is torch's over the parameters as they are; "
+        "'auto' is flat_adam.")
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
         "token_mean", description="How per-token policy losses add up: mean over the batch's tokens, mean per reply "
         "then over replies (GRPO), or sum per reply then mean over replies (Dr. GRPO).")
@@ -419,6 +417,9 @@ class Config(Section):
                                  "samples with each other: text.samples_per_prompt must be at least 2")
             return self
         self._control_fits()
+        if self.policy.lora is not None or self.policy.gradient_checkpointing or self.policy.compile:
+            raise ValueError("policy.lora, policy.gradient_checkpointing and policy.compile are for language-model "
+                             "policies (text environments)")
         adv = self.algo.advantage
         if adv.needs_value and self.policy.critic == "none":
             raise ValueError("algo.advantage needs a value function but policy.critic is 'none'")
@@ -565,6 +566,7 @@ def reference_markdown() -> str:
         lines += table(model, key)
     for algo in (ReinforceConfig, TRPOConfig, PPOConfig):
         lines += table(algo, f"algo (name: {algo.model_fields['name'].default})")
+    lines += table(LoraSection, "policy.lora (hf policies)")
     lines += table(AdvantageConfig, "algo.advantage")
     lines += table(TextConfig, "text (text environments only)", subsections=True)
     for key, f in TextConfig.model_fields.items():

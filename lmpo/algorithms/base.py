@@ -82,7 +82,7 @@ def _lr(optimizer: torch.optim.Optimizer, base_lr: float, progress: float, annea
 
 
 class Adam:
-    """``torch.optim.Adam`` over the parameters as they are (sharded FSDP parameters included)."""
+    """``torch.optim.Adam`` over the parameters as they are (no shared buffer)."""
 
     def __init__(self, params: list[nn.Parameter], lr: float, eps: float) -> None:
         self.params = params
@@ -110,18 +110,12 @@ class Adam:
 
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float, eps: float) -> Optimizer:
-    """Adam over the ``trainable`` of ``params``: ``flat_adam`` (one buffer; faster on small dense policies),
-    ``adam`` (torch's, for parameters that cannot share one buffer: FSDP's sharded ones), or ``auto``, the first
-    where it applies."""
+    """Adam over the ``trainable`` of ``params``: ``flat_adam`` (one buffer; faster on small dense policies; what
+    ``auto`` is) or ``adam`` (torch's, over the parameters as they are)."""
     params = trainable(params)
     if not params:
         raise ValueError("no parameter to train: every one of them is frozen (requires_grad=False)")
-    sharded = any(type(p.data) is not torch.Tensor for p in params)  # DTensor (FSDP2) or another subclass
-    if kind == "flat_adam" and sharded:
-        raise ValueError("algo.optimizer: flat_adam cannot re-home sharded (FSDP) parameters; use adam or auto")
-    if kind == "adam" or (kind == "auto" and sharded):
-        return Adam(params, lr, eps)
-    return FlatAdam(params, lr, eps)
+    return Adam(params, lr, eps) if kind == "adam" else FlatAdam(params, lr, eps)
 
 
 class FlatAdam:

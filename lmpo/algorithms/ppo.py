@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from lmpo.algorithms.base import Shuffler, make_optimizer, unique_parameters, value_error
 from lmpo.config import PPOConfig
 from lmpo.core import Rollout, loss_weights
-from lmpo.core.parallel import all_mean, share
+from lmpo.core.parallel import all_mean, minibatch_rows, share
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -75,7 +75,7 @@ class PPO:
         for epochs in range(1, cfg.epochs + 1):  # noqa: B007  (epochs is reported below)
             for whole in self._minibatches(rollout):
                 # weights over the whole minibatch, then this process's share of its rows (all of them in one)
-                w = whole.mask / whole.mask.sum()
+                w = whole.mask / whole.mask.sum().clamp_min(1.0)
                 w_loss = w if cfg.loss_aggregation == "token_mean" else loss_weights(whole.mask, cfg.loss_aggregation)
                 mb, (w, w_loss) = share(whole, w, w_loss)
                 assert mb.advantages is not None and mb.returns is not None
@@ -112,7 +112,7 @@ class PPO:
         if rollout.batch_size <= self.cfg.batch_size:
             return [rollout]
         order = self.shuffler.permutation(rollout.batch_size, rollout.mask.device)
-        return [rollout.select(rows) for rows in order.split(self.cfg.batch_size)]
+        return [rollout.select(rows) for rows in minibatch_rows(order, self.cfg.batch_size)]
 
     def gradient_parameters(self) -> list[nn.Parameter]:
         """What the optimiser trains."""

@@ -21,7 +21,7 @@ from torch.nn.utils import parameters_to_vector
 from lmpo.algorithms.base import Shuffler, make_optimizer, value_error
 from lmpo.config import TRPOConfig
 from lmpo.core import Rollout, loss_weights
-from lmpo.core.parallel import all_mean, my_rows, share, world_size
+from lmpo.core.parallel import all_mean, minibatch_rows, my_rows, share, world_size
 from lmpo.policies.base import Evaluation, Policy
 
 
@@ -145,7 +145,7 @@ class TRPO:
         total, n = torch.zeros(()), 0
         for _ in range(self.cfg.vf_iters):
             order = self.shuffler.permutation(rollout.batch_size, rollout.mask.device)
-            for rows in order.split(self.cfg.vf_batch_size):
+            for rows in minibatch_rows(order, self.cfg.vf_batch_size):
                 # the minibatch's masked mean as a sum over this process's share (see lmpo.core.parallel); only what
                 # the regression reads (indexing the whole rollout costs as much as a forward pass)
                 scale = world_size() / rollout.mask[rows].sum().clamp_min(1.0)

@@ -48,6 +48,15 @@ def my_rows(rows: Tensor) -> Tensor:
     return rows[rank()::world]
 
 
+def minibatch_rows(order: Tensor, size: int) -> list[Tensor]:
+    """``order`` (row indices) in minibatches of ``size``; under several processes a last one too small to give
+    every process a row joins the one before (in one process nothing changes)."""
+    chunks = list(order.split(size))
+    if len(chunks) > 1 and chunks[-1].numel() < world_size():
+        chunks[-2:] = [torch.cat(chunks[-2:])]
+    return chunks
+
+
 def share(batch: Rollout, *weights: Tensor) -> tuple[Rollout, list[Tensor]]:
     """This process's rows of ``batch`` (``my_rows``) and of per-row ``weights`` ``(B, ...)``, the weights scaled
     by ``world_size``: a weighted sum over the share, averaged over processes, is the weighted sum over the whole

@@ -42,7 +42,7 @@ def kept_positions(h: Tensor, keep: int | Tensor) -> Tensor:
     return h[:, -keep:] if keep else h
 
 
-PASSES = ("decode", "score")  # what may be compiled: decoding steps (no gradient), scoring passes (with)
+PASSES = ("decode", "score")  # what may be compiled: passes without gradients (generation...), and with (updates)
 
 
 @functools.cache

@@ -20,14 +20,15 @@ from lmpo.policies.lm import LMPolicy
 ADAPTER_DIR = "adapter"  # inside an hf export: the adapter alone, in peft's format
 
 
-def add_lora(body: HFCausalLM, r: int, alpha: int, dropout: float, target_modules: list[str] | None) -> HFCausalLM:
+def add_lora(body: HFCausalLM, r: int, alpha: int, target_modules: list[str] | None) -> HFCausalLM:
     """Wrap ``body``'s model in peft's LoRA: every weight frozen, adapters (their second matrix zero, so the policy
-    starts as the model it wraps) on ``target_modules`` (None: every linear layer but the output head)."""
+    starts as the model it wraps) on ``target_modules`` (None: every linear layer but the output head). No adapter
+    dropout: lmpo scores and samples without dropout (a ratio of identical parameters must be exactly 1)."""
     from peft import LoraConfig, get_peft_model
     from transformers.pytorch_utils import Conv1D
 
     conv1d = any(isinstance(m, Conv1D) for m in body.model.modules())  # GPT-2 stores its projections transposed
-    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, bias="none", fan_in_fan_out=conv1d,
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=0.0, bias="none", fan_in_fan_out=conv1d,
                         target_modules=target_modules if target_modules is not None else "all-linear")
     body.model = get_peft_model(body.model, config)
     return body

@@ -122,6 +122,8 @@ def sample_categorical(logp: Tensor, u: Tensor | None = None) -> Tensor:
     u = u.to(cdf.dtype) * cdf[:, -1:]
     idx = torch.searchsorted(cdf, u, right=True).squeeze(-1).clamp_max(p.shape[-1] - 1)
     bad = p.gather(-1, idx.unsqueeze(-1)).squeeze(-1) == 0  # (B,) only if u reached the total
+    if p.device.type != "cpu":  # no look at the device's result (it would wait for it): every row's fallback
+        return torch.where(bad, p.shape[-1] - 1 - (p > 0).flip(-1).int().argmax(-1), idx)
     if bool(bad.any()):
         rows = p[bad]
         idx[bad] = rows.shape[-1] - 1 - (rows > 0).flip(-1).int().argmax(-1)

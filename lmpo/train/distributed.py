@@ -22,7 +22,7 @@ from torch.nn.parallel import DistributedDataParallel
 from lmpo.config import ConfigError
 from lmpo.core import Rollout
 from lmpo.core.parallel import rank, world_size
-from lmpo.policies.base import Evaluation
+from lmpo.policies.base import ForwardEvaluation
 
 # how long a collective waits: rank 0 pre-trains and evaluates alone while the others wait at the next one
 TIMEOUT = timedelta(hours=6)
@@ -41,7 +41,8 @@ def init(device: str) -> None:
     cuda = device.startswith("cuda") or (device == "auto" and torch.cuda.is_available())
     if cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    dist.init_process_group("nccl" if cuda else "gloo", timeout=TIMEOUT)
+    # on GPUs nccl for tensors on them, gloo for the small CPU ones (metrics, step counts, pickled objects)
+    dist.init_process_group("cpu:gloo,cuda:nccl" if cuda else "gloo", timeout=TIMEOUT)
 
 
 def close() -> None:
@@ -89,6 +90,15 @@ def all_gather(obj: Any) -> list[Any]:
         return [obj]
     out: list[Any] = [None] * world_size()
     dist.all_gather_object(out, obj)
+    return out
+
+
+def gather_to_lead(obj: Any) -> list[Any] | None:
+    """Every process's ``obj`` (picklable) on rank 0, in rank order; None on the others."""
+    if world_size() == 1:
+        return [obj]
+    out: list[Any] | None = [None] * world_size() if rank() == 0 else None
+    dist.gather_object(obj, out, dst=0)
     return out
 
 
@@ -162,9 +172,9 @@ def gather_rollout(rollout: Rollout, pad_id: int | None = None) -> Rollout:
     return concat_rollouts(parts, pad_id)._map(lambda t: t.to(device))
 
 
-class DataParallel:
-    """The policy as the algorithms see it under ``torchrun``: ``evaluate`` and ``value`` through DDP's forward,
-    whose hooks average gradients across processes as backward runs; every other attribute is the policy's.
+class DataParallel(ForwardEvaluation):
+    """The policy as the algorithms see it under ``torchrun``: called (``evaluate``, ``value``) through DDP's
+    forward, whose hooks average gradients across processes as backward runs; every other attribute is the policy's.
 
     DDP manages only ``trained``, the parameters the algorithm's optimiser steps from backward passes: it would
     otherwise wait for gradients that never come (TRPO's actor moves by conjugate gradient, a critic-free
@@ -178,21 +188,12 @@ class DataParallel:
         keep = {id(p) for p in trained}
         ignored = [n for n, p in policy.named_parameters() if id(p) not in keep]
         ignored += [n for n, _ in policy.named_buffers()]
-        if keep:
+        if keep:  # (DDP's documented way to leave parameters out, though its name is private)
             DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(policy, ignored)
             self.ddp = DistributedDataParallel(policy, device_ids=[device.index] if device.type == "cuda" else None)
 
-    def evaluate(self, obs: Any, actions: Tensor) -> Evaluation:
-        """``Policy.evaluate`` through DDP."""
-        out = self.ddp(obs, actions)
-        assert isinstance(out, Evaluation)
-        return out
-
-    def value(self, obs: Any, actions: Tensor | None = None) -> Tensor:
-        """``Policy.value`` through DDP."""
-        out = self.ddp(obs, actions, value_only=True)
-        assert isinstance(out, Tensor)
-        return out
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.ddp(*args, **kwargs)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self.module, name)

@@ -65,8 +65,9 @@ class Task(Protocol):
         """Everything needed to continue exactly (None when that cannot be saved)."""
         ...
 
-    def restore(self, state: bytes | None, steps: int) -> None:
-        """Continue from ``state``."""
+    def restore(self, state: bytes | None, steps: int, reseed: int | None = None) -> None:
+        """Continue from ``state``; with ``reseed``, only from what all processes share (a run resumed by another
+        number of processes), collecting on new streams seeded ``reseed``."""
         ...
 
 
@@ -133,9 +134,16 @@ class ControlTask:
 
         return None if isinstance(self.collector.env, AsyncVectorEnv) else pickle.dumps(self.collector)
 
-    def restore(self, state: bytes | None, steps: int) -> None:
-        """Replace the collector by the saved one (or only its step count for async envs)."""
+    def restore(self, state: bytes | None, steps: int, reseed: int | None = None) -> None:
+        """Replace the collector by the saved one (or only its step count for async envs); with ``reseed``, keep
+        this one and restart its environments on seeds from ``reseed``."""
         self.steps = steps
+        if reseed is not None:
+            n = self.collector.num_envs
+            self.collector.obs, _ = self.collector.env.reset(seed=reseed + n * distributed.rank())
+            self.collector.ep_return[:] = 0.0
+            self.collector.ep_length[:] = 0
+            return
         if state is None:
             return
         self.collector.env.close()

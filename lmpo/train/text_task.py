@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -60,7 +61,9 @@ def _gather(pad_id: int) -> Gather:
     """Join every process's rollout, replies (without transcripts) and reference log-probs, rank 0's first."""
     def gather(rollout: Rollout, played: Played, ref: Tensor) -> tuple[Rollout, Played, Tensor]:
         local = dataclasses.replace(rollout, advantages=ref)  # the reference's log-probs ride along, padded alike
-        parts = distributed.all_gather((local._map(lambda t: t.cpu()), played.replies, played.turns))
+        empty = torch.zeros(0)  # the statistics read a reply's reward, parts and info: its tensors stay here
+        light = [dataclasses.replace(r, prompt=[], tokens=empty, logprobs=empty, values=empty) for r in played.replies]
+        parts = distributed.all_gather((local._map(lambda t: t.cpu()), light, played.turns))
         joined = distributed.concat_rollouts([p[0] for p in parts], pad_id)._map(lambda t: t.to(ref.device))
         assert joined.advantages is not None
         replies, turns = [r for p in parts for r in p[1]], [n for p in parts for n in p[2]]
@@ -127,7 +130,11 @@ class TextTask:
             from transformers import AutoTokenizer
 
             tok = self._from_policy_path(AutoTokenizer.from_pretrained)
-            prepare_model_tokenizer(tok)  # its own chat template as it is; lmpo's chat tokens where it has none
+            added = prepare_model_tokenizer(tok)  # its own chat template as it is; lmpo's chat tokens where it has none
+            if added and self.cfg.policy.lora is not None:
+                raise ConfigError(f"policy.lora: {self.cfg.policy.path} has no chat template or pad token, so lmpo "
+                                  f"adds {', '.join(added)}, whose embeddings LoRA would leave untrained: fine-tune "
+                                  "it with lmpo first (text.pretrain, no lora) and point policy.path at that run's hf/")
         else:
             tok = train_tokenizer(self.env.tokenizer_texts(), self.t.vocab_size, show_progress=self.cfg.train.progress)
         tok.save_pretrained(saved)
@@ -158,7 +165,7 @@ class TextTask:
         else:
             body = self._hf_body()
             if p.lora is not None:
-                body = add_lora(body, p.lora.r, p.lora.alpha, p.lora.dropout, p.lora.target_modules)
+                body = add_lora(body, p.lora.r, p.lora.alpha, p.lora.target_modules)
         if p.gradient_checkpointing:
             checkpoint_blocks(body)
         if p.compile:
@@ -336,12 +343,16 @@ class TextTask:
         assert self.collector is not None
         return pickle.dumps({"rng": self.collector.rng.bit_generator.state, "kl": self.kl.state_dict()})
 
-    def restore(self, state: bytes | None, steps: int) -> None:
-        """Continue the conversation stream and the KL schedule."""
+    def restore(self, state: bytes | None, steps: int, reseed: int | None = None) -> None:
+        """Continue the conversation stream and the KL schedule; with ``reseed``, the KL schedule (the same on every
+        process) and a new stream of examples seeded ``reseed``."""
         self.steps = steps
+        assert self.collector is not None
         if state is not None:
             saved = pickle.loads(state)
             self.kl.load_state_dict(saved["kl"])
-            assert self.collector is not None
-            self.collector.rng.bit_generator.state = saved["rng"]
+            if reseed is None:
+                self.collector.rng.bit_generator.state = saved["rng"]
+        if reseed is not None:
+            self.collector.rng = np.random.default_rng(distributed.rank_seed(reseed))
 

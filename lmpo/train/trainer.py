@@ -81,6 +81,13 @@ def read_run_config(run_dir: Path, overrides: list[str] | None = None) -> Config
     return cfg
 
 
+def _seed(seed: int) -> None:
+    """Seed torch, numpy and Python's ``random``."""
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
 class Trainer:
     """Wires config, environments, policy and algorithm together and runs the loop."""
 
@@ -112,10 +119,7 @@ class Trainer:
         if cfg.train.precision == "bf16" and self.device.type == "cuda" and not torch.cuda.is_bf16_supported():
             raise ConfigError(f"train.precision: bf16 is not supported on {torch.cuda.get_device_name(self.device)}")
         tune_allocator()
-        seed = distributed.rank_seed(cfg.seed)
-        torch.manual_seed(seed)
-        np.random.seed(seed % 2**32)
-        random.seed(seed)
+        _seed(distributed.rank_seed(cfg.seed))
 
     def _start(self, cfg: Config, resume: bool) -> None:
         if self.lead:
@@ -373,10 +377,11 @@ class Trainer:
     def save(self) -> Path | None:
         """Atomically write weights, optimiser, RNG and environment state (every process's streams: under
         torchrun rank 0 writes them all); returns the checkpoint (None on the other processes)."""
-        mine, *others = distributed.all_gather(self._streams())
+        streams = distributed.gather_to_lead(self._streams())
         self._saved_iteration = self.iteration
-        if not self.lead:
+        if streams is None:
             return None
+        mine, *others = streams
         state = {"iteration": self.iteration, "next_eval": self.next_eval, "elapsed": self.elapsed,
                  "algo": self.algo.state_dict(), **mine, "other_ranks": others, "env_steps": self.task.steps}
         return save_checkpoint(self.ckpt_dir, self.iteration, self.policy, state, self.cfg.train.keep_checkpoints)
@@ -395,11 +400,9 @@ class Trainer:
             if self.lead:
                 print(f"lmpo: note: the checkpoint was written by {len(others) + 1} processes, this run has "
                       f"{distributed.world_size()}: collection continues on new random streams")
-            seed = distributed.rank_seed(self.cfg.seed) + 7919 * self.iteration
-            torch.manual_seed(seed)
-            np.random.seed(seed % 2**32)
-            random.seed(seed)
-            self.task.restore(None, state["env_steps"])
+            seed = self.cfg.seed + 7919 * self.iteration
+            _seed(distributed.rank_seed(seed))
+            self.task.restore(state["task"], state["env_steps"], reseed=seed)  # rank 0's: what all processes share
             return
         torch.set_rng_state(mine["rng"]["torch"])
         np.random.set_state(mine["rng"]["numpy"])

@@ -19,7 +19,7 @@ from tests.policies.test_hf import _prompts, tiny_dir, tiny_llama_dir  # noqa: F
 def _lora_policy(path: Path):  # type: ignore[no-untyped-def]
     policy, tok = load_hf_policy(path, SamplingConfig(max_new_tokens=6))
     base, _ = load_hf_policy(path, SamplingConfig(max_new_tokens=6))
-    add_lora(policy.body, r=4, alpha=8, dropout=0.0, target_modules=None)
+    add_lora(policy.body, r=4, alpha=8, target_modules=None)
     return policy, base, tok
 
 

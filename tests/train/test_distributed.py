@@ -91,3 +91,16 @@ def test_torchrun_train_and_resume_are_exact(tmp_path: Path) -> None:
     assert straight.keys() == resumed.keys()
     for key in straight:
         assert torch.equal(straight[key], resumed[key]), key
+
+
+def test_a_run_resumes_on_another_number_of_processes(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Two processes checkpoint; one process resumes: the weights and optimiser go on, collection takes new streams."""
+    from lmpo.cli import main
+
+    over = [*CONTROL, "train.checkpoint_every=2", f"train.runs_dir={tmp_path}", "name=r"]
+    torchrun("-m", "lmpo", "train", "cartpole-ppo", *over, cwd=tmp_path)
+    first = len(read_metrics(tmp_path / "r"))
+    assert main(["train", "--resume", str(tmp_path / "r"), "train.total_steps=768"]) == 0
+    records = read_metrics(tmp_path / "r")
+    assert len(records) > first and [r for r in records if "env_steps" in r][-1]["env_steps"] >= 768
+    assert "written by 2 processes, this run has 1" in capsys.readouterr().out
