@@ -11,20 +11,20 @@ and total work.
    ``time/update_s``; evaluation and start-up excluded), medians over rounds, and each round's ratio. The learning
    curve beside it: the mean training satisfaction per update and the final greedy held-out satisfaction.
 
-``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``: about 60 M parameters by
+``--part lora``: PPO on a Hugging Face GPT-2 built here (``--width``, ``--layers``: about 100 M parameters by
 default), fine-tuned first by lmpo's pre-training (``--sft-epochs``) on the prompt set
-(``configs/prompts-example.yaml``), then trained with PPO (minibatches of 16 replies, gradient checkpointing) twice
-from that model: full fine-tuning (every weight, a frozen reference copy) and LoRA (adapters only; the reference is
-the same network with its adapters off).
-Peak resident memory of each training process (and its rise over the process's memory once its libraries are
-imported), and the sampled reward before and after on training and held-out prompts.
+(``configs/prompts-example.yaml``), then trained with PPO (8 x 4 conversations per update, minibatches of 16
+replies, gradient checkpointing) twice from that model: full fine-tuning (every weight, a frozen reference copy) and
+LoRA (adapters only; the reference is the same network with its adapters off). Peak resident memory of each
+training process (and its rise over the process's memory once its libraries are imported), the training return of
+the first and last five updates, and the sampled reward before and after on training and held-out prompts.
 
 ``--part mfu``: model FLOP utilisation of the main job's update step (PPO's epochs of minibatch forward and
 backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMode`` on the rollout whose update
 was timed, against this machine's measured float32 matmul peak at the same number of threads.
 
     python bench/scale.py --part ddp [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
-    python bench/scale.py --part lora [--width 768] [--layers 8] [--lora-steps 320] [--sft-epochs 4]
+    python bench/scale.py --part lora [--width 1024] [--layers 8] [--lora-steps 640] [--sft-epochs 1]
     python bench/scale.py --part mfu [--recipe support] [--updates 3]
 """
 
@@ -160,8 +160,10 @@ def lora(args: argparse.Namespace) -> None:
     tok.save_pretrained(tmp / "model")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"GPT-2, {args.layers} layers of width {args.width}: {n_params / 1e6:.1f} M parameters")
+    # evaluation on 16 prompts (2 samples each) and 8 x 4 conversations per update: the KV caches of generation stay
+    # below the weights (a batch of 324 evaluation replies' caches outweighs a 60 M model's weights several times)
     common = ["configs/prompts-example.yaml", "train.progress=false", "policy.kind=hf", f"train.runs_dir={tmp}",
-              "text.eval_samples=2", "train.threads=2"]
+              "text.eval_samples=2", "text.eval_conversations=16", "text.conversations_per_update=8", "train.threads=2"]
     start = time.perf_counter()
     lmpo(["train", *common, f"policy.path={tmp / 'model'}", "name=sft", "text.pretrain.lr=0.001",
           f"text.pretrain.epochs={args.sft_epochs}", "train.total_steps=64"])
@@ -170,9 +172,9 @@ def lora(args: argparse.Namespace) -> None:
            "gamma: 1.0, baseline: group, group_std: false, whiten: false}}")
     setups = [("full fine-tuning, reference copy", [ppo.replace("LR", "0.00002")]),
               ("LoRA r=16, reference = adapters off", [ppo.replace("LR", "0.0005"), "policy.lora={r: 16, alpha: 32}"])]
-    print("\n| setup | trained parameters | peak RSS (MiB) | rise over libraries (MiB) | sampled reward before -> "
-          "after, train | held-out | time |")
-    print("|---|---|---|---|---|---|---|")
+    print("\n| setup | trained parameters | peak RSS (MiB) | rise over libraries (MiB) | training return, first -> "
+          "last 5 updates | sampled reward before -> after, train | held-out | time |")
+    print("|---|---|---|---|---|---|---|---|")
     peaks = []
     for i, (label, extra) in enumerate(setups):
         start = time.perf_counter()
@@ -183,7 +185,9 @@ def lora(args: argparse.Namespace) -> None:
         records = read_metrics(tmp / f"run{i}")
         before, after = records[0], records[-1]
         trained = before["model/trainable_parameters"]
+        returns = [r["charts/episode_return"] for r in records if r.get("iteration", 0) > 0 and not r.get("final")]
         print(f"| {label} | {trained / 1e6:.2f} M | {peak:.0f} | {rise:.0f} | "
+              f"{statistics.fmean(returns[:5]):.3f} -> {statistics.fmean(returns[-5:]):.3f} | "
               f"{before['eval/train_sampled_reward']:.3f} -> {after['eval/train_sampled_reward']:.3f} | "
               f"{before['eval/heldout_sampled_reward']:.3f} -> {after['eval/heldout_sampled_reward']:.3f} | "
               f"{time.perf_counter() - start:.0f} s |")
@@ -260,10 +264,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=1000, help="ddp: replies (environment steps) of RL per setup")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--width", type=int, default=768, help="lora: the GPT-2's width")
+    parser.add_argument("--width", type=int, default=1024, help="lora: the GPT-2's width")
     parser.add_argument("--layers", type=int, default=8, help="lora: the GPT-2's layers")
-    parser.add_argument("--lora-steps", type=int, default=320, help="lora: replies of PPO per setup")
-    parser.add_argument("--sft-epochs", type=int, default=4, help="lora: epochs of pre-training before PPO")
+    parser.add_argument("--lora-steps", type=int, default=640, help="lora: replies of PPO per setup")
+    parser.add_argument("--sft-epochs", type=int, default=1, help="lora: epochs of pre-training before PPO")
     parser.add_argument("--updates", type=int, default=3, help="mfu: updates measured")
     parser.add_argument("overrides", nargs="*", help="ddp, mfu: more overrides for every run")
     args = parser.parse_args()
