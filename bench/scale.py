@@ -138,26 +138,13 @@ def peak_memory(args: list[str]) -> tuple[float, float]:
 
 def lora(args: argparse.Namespace) -> None:
     """Part ``lora``: PPO with LoRA and the shared reference against full fine-tuning with a reference copy."""
-    import torch
-    from transformers import GPT2Config, GPT2LMHeadModel
+    from transformers import AutoModelForCausalLM
 
-    from lmpo.data import load_chatterbot
-    from tests.conftest import gpt2_style_tokenizer
-    from tests.data.test_chat import CHATML
+    from tests.conftest import chatml_gpt2
 
     tmp = Path(tempfile.mkdtemp(prefix="lmpo-lora-"))
-    texts = [t.content for d in load_chatterbot(["greetings", "emotion"]) for t in d]
-    texts += (ROOT / "examples" / "prompts.jsonl").read_text().splitlines()
-    tok = gpt2_style_tokenizer(texts + ["user assistant"] * 50, vocab_size=2000)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "pad_token": "<pad>"})
-    tok.eos_token = "<|im_end|>"
-    tok.chat_template = CHATML
-    torch.manual_seed(0)
-    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=args.width, n_layer=args.layers,
-                                       n_head=8, bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                                       pad_token_id=tok.pad_token_id))
-    model.save_pretrained(tmp / "model")
-    tok.save_pretrained(tmp / "model")
+    chatml_gpt2(tmp / "model", args.width, args.layers, heads=8, vocab_size=2000)
+    model = AutoModelForCausalLM.from_pretrained(tmp / "model")
     n_params = sum(p.numel() for p in model.parameters())
     print(f"GPT-2, {args.layers} layers of width {args.width}: {n_params / 1e6:.1f} M parameters")
     # evaluation on 16 prompts (2 samples each) and 8 x 4 conversations per update: the KV caches of generation stay

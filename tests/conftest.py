@@ -69,3 +69,24 @@ def text_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     runs = tmp_path_factory.mktemp("runs")
     assert main(["pretrain", "chatbot", *TINY_TEXT, f"train.runs_dir={runs}", "name=tiny"]) == 0
     return runs / "tiny"
+
+
+def chatml_gpt2(path: Path, width: int, layers: int, heads: int, vocab_size: int) -> None:
+    """A random GPT-2 with a ChatML tokenizer (eos <|im_end|>, a pad of its own) trained on the chatterbot corpus and
+    the example prompt set, saved in ``path`` like a hub checkpoint."""
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    from lmpo.data import load_chatterbot
+    from tests.data.test_chat import CHATML
+
+    texts = [t.content for d in load_chatterbot(["greetings", "emotion"]) for t in d]
+    texts += (Path(__file__).resolve().parents[1] / "examples" / "prompts.jsonl").read_text().splitlines()
+    tok = gpt2_style_tokenizer(texts + ["user assistant"] * 50, vocab_size=vocab_size)
+    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "pad_token": "<pad>"})
+    tok.eos_token = "<|im_end|>"
+    tok.chat_template = CHATML
+    torch.manual_seed(0)
+    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=width, n_layer=layers, n_head=heads,
+                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
+                               pad_token_id=tok.pad_token_id)).save_pretrained(path)
+    tok.save_pretrained(path)

@@ -73,32 +73,17 @@ class Optimizer(Protocol):
         ...
 
 
-def _lr(optimizer: torch.optim.Optimizer, base_lr: float, progress: float, anneal: bool) -> float:
-    """Linear decay ``lr = base_lr * (1 - progress)`` when ``anneal``; returns the learning rate in force."""
-    lr = base_lr * (1.0 - progress) if anneal else base_lr
-    for group in optimizer.param_groups:
-        group["lr"] = lr
-    return lr
+class _Wrapped:
+    """What both Adams share: a ``torch.optim`` optimiser's schedule and state."""
 
-
-class Adam:
-    """``torch.optim.Adam`` over the parameters as they are (no shared buffer)."""
-
-    def __init__(self, params: list[nn.Parameter], lr: float, eps: float) -> None:
-        self.params = params
-        self.optimizer = torch.optim.Adam(params, lr=lr, eps=eps)
+    optimizer: torch.optim.Optimizer
 
     def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
-        """Linear decay when ``anneal``; returns the learning rate in force."""
-        return _lr(self.optimizer, base_lr, progress, anneal)
-
-    def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
-        """Backward, optional global-norm clipping, Adam step; returns the gradient norm before clipping."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf if max_grad_norm is None else max_grad_norm)
-        self.optimizer.step()
-        return norm
+        """Linear decay ``lr = base_lr * (1 - progress)`` when ``anneal``; returns the learning rate in force."""
+        lr = base_lr * (1.0 - progress) if anneal else base_lr
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        return lr
 
     def state_dict(self) -> dict[str, Any]:
         """Adam's moments and step count."""
@@ -107,6 +92,22 @@ class Adam:
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what ``state_dict`` returned."""
         self.optimizer.load_state_dict(state)
+
+
+class Adam(_Wrapped):
+    """``torch.optim.Adam`` over the parameters as they are (no shared buffer)."""
+
+    def __init__(self, params: list[nn.Parameter], lr: float, eps: float) -> None:
+        self.params = params
+        self.optimizer = torch.optim.Adam(params, lr=lr, eps=eps)
+
+    def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
+        """Backward, optional global-norm clipping, Adam step; returns the gradient norm before clipping."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf if max_grad_norm is None else max_grad_norm)
+        self.optimizer.step()
+        return norm
 
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float, eps: float) -> Optimizer:
@@ -118,7 +119,7 @@ def make_optimizer(params: list[nn.Parameter], kind: str, lr: float, eps: float)
     return Adam(params, lr, eps) if kind == "adam" else FlatAdam(params, lr, eps)
 
 
-class FlatAdam:
+class FlatAdam(_Wrapped):
     """Adam over parameters re-homed as views of one contiguous buffer, gradients too.
 
     The optimiser, gradient clipping and zeroing then touch a single tensor: on small policies this cuts
@@ -139,10 +140,6 @@ class FlatAdam:
             offset += n
         self.optimizer = torch.optim.Adam([self.flat], lr=lr, eps=eps, fused=True)
 
-    def set_lr(self, base_lr: float, progress: float, anneal: bool) -> float:
-        """Linear decay ``lr = base_lr * (1 - progress)`` when ``anneal``; returns the learning rate in force."""
-        return _lr(self.optimizer, base_lr, progress, anneal)
-
     def step(self, loss: Tensor, max_grad_norm: float | None) -> Tensor:
         """Backward, optional global-norm clipping, Adam step; returns the gradient norm before clipping."""
         grad = self.flat.grad
@@ -154,14 +151,6 @@ class FlatAdam:
             grad.mul_(torch.clamp(max_grad_norm / (norm + 1e-6), max=1.0))
         self.optimizer.step()
         return norm
-
-    def state_dict(self) -> dict[str, Any]:
-        """Adam's moments and step count."""
-        return self.optimizer.state_dict()
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Restore what ``state_dict`` returned."""
-        self.optimizer.load_state_dict(state)
 
 
 class Shuffler:

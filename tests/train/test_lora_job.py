@@ -8,14 +8,12 @@ import pytest
 import torch
 from openai import OpenAI
 from safetensors.torch import load_file
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM
 
 import lmpo
 from lmpo.cli import main
-from lmpo.data import load_chatterbot
 from lmpo.train.logging import read_metrics
-from tests.conftest import gpt2_style_tokenizer
-from tests.data.test_chat import CHATML
+from tests.conftest import chatml_gpt2
 from tests.serve.conftest import start_server
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -27,17 +25,7 @@ def sft_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer GPT-2 with a ChatML tokenizer, fine-tuned by lmpo's pre-training on the prompt set's
     completions (and one RL update), exported as a Hugging Face model: where LoRA starts."""
     tmp = tmp_path_factory.mktemp("lora-base")
-    texts = [t.content for d in load_chatterbot(["greetings", "emotion"]) for t in d]
-    texts += (ROOT / "examples" / "prompts.jsonl").read_text().splitlines()
-    tok = gpt2_style_tokenizer(texts + ["user assistant"] * 50, vocab_size=600)
-    tok.add_special_tokens({"additional_special_tokens": ["<|im_start|>", "<|im_end|>"], "pad_token": "<pad>"})
-    tok.eos_token = "<|im_end|>"
-    tok.chat_template = CHATML
-    torch.manual_seed(0)
-    GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_positions=256, n_embd=64, n_layer=2, n_head=2,
-                               bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id,
-                               pad_token_id=tok.pad_token_id)).save_pretrained(tmp / "m")
-    tok.save_pretrained(tmp / "m")
+    chatml_gpt2(tmp / "m", width=64, layers=2, heads=2, vocab_size=600)
     assert main(["train", str(ROOT / "configs" / "prompts-example.yaml"), *COMMON, f"policy.path={tmp / 'm'}",
                  f"train.runs_dir={tmp}", "name=sft", "text.pretrain.epochs=15", "text.pretrain.lr=0.003",
                  f"env.kwargs.path={ROOT / 'examples' / 'prompts.jsonl'}", "train.total_steps=64"]) == 0
