@@ -122,15 +122,6 @@ def mean_metrics(metrics: dict[str, float]) -> dict[str, float]:
     return dict(zip(keys, (values / world_size()).tolist(), strict=True))
 
 
-def sum_ints(*values: int) -> list[int]:
-    """Each integer summed over processes."""
-    if world_size() == 1:
-        return list(values)
-    t = torch.tensor(values, dtype=torch.int64)
-    dist.all_reduce(t)
-    return [int(v) for v in t.tolist()]
-
-
 def _pad(t: Tensor, length: int, value: float, left: bool) -> Tensor:
     """``t (B, T, ...)`` padded along T to ``length`` with ``value``, on the left or the right."""
     extra = length - t.shape[1]
@@ -163,13 +154,14 @@ def concat_rollouts(parts: list[Rollout], pad_id: int | None = None) -> Rollout:
     return Rollout(**out)
 
 
-def gather_rollout(rollout: Rollout, pad_id: int | None = None) -> Rollout:
-    """Every process's rollout as one, rank 0's rows first (``concat_rollouts``), on this process's device."""
+def gather_rollout(rollout: Rollout, pad_id: int | None = None, extra: Any = None) -> tuple[Rollout, list[Any]]:
+    """Every process's rollout as one, rank 0's rows first (``concat_rollouts``), on this process's device, and
+    every process's ``extra`` (picklable; what the statistics need), in rank order: one collective for both."""
     if world_size() == 1:
-        return rollout
+        return rollout, [extra]
     device = rollout.mask.device
-    parts = all_gather(rollout._map(lambda t: t.cpu()))
-    return concat_rollouts(parts, pad_id)._map(lambda t: t.to(device))
+    parts = all_gather((rollout._map(lambda t: t.cpu()), extra))
+    return concat_rollouts([p[0] for p in parts], pad_id)._map(lambda t: t.to(device)), [p[1] for p in parts]
 
 
 class DataParallel(ForwardEvaluation):

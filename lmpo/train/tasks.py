@@ -99,10 +99,11 @@ class ControlTask:
             rollout = self.collector.collect_steps(policy, self.cfg.rollout.steps_per_env)
         else:
             rollout = self.collector.collect_episodes(policy, self.cfg.rollout.episodes_per_env)
-        rollout = distributed.gather_rollout(rollout)  # every process's rows, on every process
-        recent = [e for part in distributed.all_gather(list(self.collector.recent)) for e in part]
-        (taken,) = distributed.sum_ints(self.collector.total_steps - before)
-        self.steps += taken
+        # every process's rows, finished episodes and steps taken, on every process
+        rollout, parts = distributed.gather_rollout(rollout, None, (list(self.collector.recent),
+                                                                    self.collector.total_steps - before))
+        recent = [e for part, _ in parts for e in part]
+        self.steps += sum(taken for _, taken in parts)
         stats: dict[str, float] = {}
         if recent:
             rets, lens = zip(*recent, strict=True)

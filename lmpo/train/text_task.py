@@ -63,10 +63,9 @@ def _gather(pad_id: int) -> Gather:
         local = dataclasses.replace(rollout, advantages=ref)  # the reference's log-probs ride along, padded alike
         empty = torch.zeros(0)  # the statistics read a reply's reward, parts and info: its tensors stay here
         light = [dataclasses.replace(r, prompt=[], tokens=empty, logprobs=empty, values=empty) for r in played.replies]
-        parts = distributed.all_gather((local._map(lambda t: t.cpu()), light, played.turns))
-        joined = distributed.concat_rollouts([p[0] for p in parts], pad_id)._map(lambda t: t.to(ref.device))
+        joined, parts = distributed.gather_rollout(local, pad_id, (light, played.turns))
         assert joined.advantages is not None
-        replies, turns = [r for p in parts for r in p[1]], [n for p in parts for n in p[2]]
+        replies, turns = [r for p in parts for r in p[0]], [n for p in parts for n in p[1]]
         return dataclasses.replace(joined, advantages=None), Played(replies, turns, []), joined.advantages
     return gather
 
