@@ -165,13 +165,13 @@ class TextTask:
             body = self._hf_body()
             if p.lora is not None:
                 body = add_lora(body, p.lora.r, p.lora.alpha, p.lora.target_modules)
-        if p.gradient_checkpointing:
-            checkpoint_blocks(body)
-        if p.compile:
-            try:
+        try:
+            if p.gradient_checkpointing:
+                checkpoint_blocks(body)
+            if p.compile:
                 compile_blocks(body, list(p.compile))
-            except ValueError as e:
-                raise ConfigError(f"policy.compile: {e}") from None
+        except ValueError as e:  # a model whose blocks cannot be found (checkpointing) or run by lmpo (compile)
+            raise ConfigError(f"policy: {e}") from None
         return LMPolicy(body, int(tok.pad_token_id), self.chat.eos_ids[0], self.sampling, stop_ids=self.chat.eos_ids)
 
     def _from_policy_path(self, load: Callable[[str], Any]) -> Any:
