@@ -227,7 +227,7 @@ class AlgoBase(Section):
     optimizer: Literal["auto", "flat_adam", "adam"] = Field(
         "auto", description="Adam over the parameters that require gradients: 'flat_adam' re-homes them in one "
         "buffer (one fused step; faster on small dense policies), 'adam' is torch's over the parameters as they are; "
-        "'auto' is flat_adam.")
+        "'auto' is flat_adam ('adam' under train.fsdp).")
     loss_aggregation: Literal["token_mean", "sequence_mean", "token_sum"] = Field(
         "token_mean", description="How per-token policy losses add up: mean over the batch's tokens, mean per reply "
         "then over replies (GRPO), or sum per reply then mean over replies (Dr. GRPO).")
@@ -308,6 +308,10 @@ class TrainConfig(Section):
         "For transformer and hf policies on GPUs and CPUs with bfloat16 units (Intel AMX: RL steps measured "
         "1.5-1.8x faster); the GRU main job was slower (314 s vs 196 s; a PPO iteration 0.81 s vs 0.57 s). "
         "Time a short run first.")
+    fsdp: bool = Field(
+        False, description="hf policies under torchrun: shard weights, gradients and Adam's state across the processes "
+        "during updates (FSDP2), gathered for collection and evaluation; checkpoints in torch.distributed.checkpoint "
+        "format, which resume on any number of processes. Not with TRPO or policy.lora/compile.")
     runs_dir: str = Field("runs", description="Parent directory of run directories.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(
         ["tensorboard"], description="Where metrics go besides metrics.jsonl (always written): TensorBoard "
@@ -360,6 +364,25 @@ class Config(Section):
             raise ValueError("policy.compile 'score' cannot serve TRPO: compiled graphs are not twice differentiable "
                              "(its Fisher-vector products need that); compile 'decode' only")
 
+    def _fsdp_fits(self) -> None:
+        if not self.train.fsdp:
+            return
+        import torch.distributed.fsdp as fsdp
+
+        problem = None
+        if self.policy.kind != "hf":
+            problem = "is for hf policies (policy.kind 'hf')"
+        elif self.algo.name == "trpo":
+            problem = "cannot serve TRPO (its Fisher-vector products differentiate twice through the sharded model)"
+        elif self.policy.lora is not None or self.policy.compile:
+            problem = "does not combine with policy.lora or policy.compile"
+        elif self.algo.optimizer == "flat_adam":
+            problem = "needs algo.optimizer 'adam' or 'auto' (flat_adam re-homes the weights FSDP shards)"
+        elif not hasattr(fsdp, "fully_shard"):
+            problem = "needs torch>=2.6 (fully_shard)"
+        if problem:
+            raise ValueError(f"train.fsdp {problem}")
+
     def _lora_fits(self, t: TextConfig) -> None:
         if self.policy.lora is None:
             return
@@ -410,6 +433,7 @@ class Config(Section):
             if self.text is None:
                 self.text = TextConfig()
             self._lora_fits(self.text)
+            self._fsdp_fits()
             self._blocks_fit()
             self._transformer_fits(self.text)
             if self.algo.advantage.baseline in ("loo", "group") and self.text.samples_per_prompt < 2:
@@ -417,9 +441,10 @@ class Config(Section):
                                  "samples with each other: text.samples_per_prompt must be at least 2")
             return self
         self._control_fits()
-        if self.policy.lora is not None or self.policy.gradient_checkpointing or self.policy.compile:
-            raise ValueError("policy.lora, policy.gradient_checkpointing and policy.compile are for language-model "
-                             "policies (text environments)")
+        if self.policy.lora is not None or self.policy.gradient_checkpointing or self.policy.compile \
+                or self.train.fsdp:
+            raise ValueError("policy.lora, policy.gradient_checkpointing, policy.compile and train.fsdp are for "
+                             "language-model policies (text environments)")
         adv = self.algo.advantage
         if adv.needs_value and self.policy.critic == "none":
             raise ValueError("algo.advantage needs a value function but policy.critic is 'none'")

@@ -107,7 +107,8 @@ class Adam(_Wrapped):
         loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.params, math.inf if max_grad_norm is None else max_grad_norm)
         self.optimizer.step()
-        return norm
+        full = getattr(norm, "full_tensor", None)  # the norm of FSDP's sharded gradients is a DTensor
+        return full() if full is not None else norm
 
 
 def make_optimizer(params: list[nn.Parameter], kind: str, lr: float, eps: float) -> Optimizer:

@@ -126,11 +126,12 @@ class ForwardEvaluation:
         return out
 
 
-def save_weights(module: nn.Module, path: str | Path) -> None:
-    """``module.state_dict()`` as safetensors. Copies: parameters may be views of one optimiser buffer,
-    and safetensors refuses tensors that share storage."""
+def save_weights(module: nn.Module | dict[str, Tensor], path: str | Path) -> None:
+    """``module.state_dict()`` (or a state dict) as safetensors. Copies: parameters may be views of one optimiser
+    buffer, and safetensors refuses tensors that share storage."""
+    state = module if isinstance(module, dict) else module.state_dict()
     try:
-        save_file({k: v.detach().to("cpu", copy=True) for k, v in module.state_dict().items()}, str(path))
+        save_file({k: v.detach().to("cpu", copy=True) for k, v in state.items()}, str(path))
     except SafetensorError as e:  # a full disk: the OSError it is, naming the file
         code = re.search(r"os error (\d+)", str(e))
         if code is None:

@@ -184,12 +184,18 @@ def load_hf_policy(name_or_path: str | Path, sampling: SamplingConfig | None = N
     return policy, tokenizer
 
 
-def save_hf_policy(policy: LMPolicy, tokenizer: Any, path: str | Path) -> None:
-    """``save_pretrained`` of the model and tokenizer, plus ``value_head.safetensors`` beside them."""
+def save_hf_policy(policy: LMPolicy, tokenizer: Any, path: str | Path, weights: dict[str, Tensor] | None = None
+                   ) -> None:
+    """``save_pretrained`` of the model and tokenizer, plus ``value_head.safetensors`` beside them; of ``weights``
+    (the policy's state dict) when given: a sharded policy does not hold its weights whole."""
     body = policy.body
     if not isinstance(body, HFCausalLM):
         raise TypeError("save_hf_policy needs a policy built by load_hf_policy")
     path = Path(path)
-    body.model.save_pretrained(path)  # type: ignore[operator]
+    if weights is None:
+        weights = policy.state_dict()
+    model = {k.removeprefix("body.model."): v for k, v in weights.items() if k.startswith("body.model.")}
+    body.model.save_pretrained(path, state_dict=model)  # type: ignore[operator]
     tokenizer.save_pretrained(path)
-    save_weights(policy.value_head, path / "value_head.safetensors")
+    save_weights({k.removeprefix("value_head."): v for k, v in weights.items() if k.startswith("value_head.")},
+                 path / "value_head.safetensors")

@@ -135,8 +135,9 @@ class WeightedReward:
         self.components = components
 
     @classmethod
-    def from_specs(cls, specs: list[dict[str, Any]]) -> WeightedReward:
-        """Build from config entries ``{"name": ..., "weight": 1.0, **settings}``; weight defaults to 1.0."""
+    def from_specs(cls, specs: list[dict[str, Any]], sources: Mapping[str, str] | None = None) -> WeightedReward:
+        """Build from config entries ``{"name": ..., "weight": 1.0, **settings}``; weight defaults to 1.0.
+        ``sources`` loads a named function from elsewhere (a run's copy of a user's file), under its own name."""
         components = []
         for spec in specs:
             settings = dict(spec)
@@ -146,7 +147,7 @@ class WeightedReward:
             user = is_user_spec(name)
             if isinstance(weight, bool) or not isinstance(weight, numbers.Real) or not math.isfinite(weight):
                 raise RewardError(f"reward {name!r}: weight must be a finite number, got {weight!r}", user=user)
-            fn = load_reward(name)
+            fn = load_reward((sources or {}).get(name, name))
             _check_settings(name, fn, settings, user)
             # a builtin's own checks (lmpo.rewards.library): an optional dependency that is not installed, or a
             # setting that cannot work, is a config error rather than a crash at the first batch

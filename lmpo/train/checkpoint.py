@@ -1,7 +1,7 @@
 """Crash-safe checkpoints: a checkpoint directory appears whole or not at all.
 
-Layout: ``<run>/checkpoints/iter_000042/{policy.safetensors, state.pt}`` and ``<run>/checkpoints/latest``
-naming the newest. Files are written into a hidden temporary directory, fsynced, and the directory is
+Layout: ``<run>/checkpoints/iter_000042/{policy.safetensors, state.pt}`` (and ``dcp/``, FSDP's shards of the
+weights and optimiser, under ``train.fsdp``) and ``<run>/checkpoints/latest`` naming the newest. Files are written into a hidden temporary directory, fsynced, and the directory is
 renamed into place (atomic on POSIX); ``latest`` is replaced atomically afterwards. A crash at any point
 leaves the previous checkpoint intact and at most a ``.tmp-*`` directory, which only the writer removes (on
 its next start): readers never touch the files of a run that may be live, and retry when rotation removes
@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from torch import nn
+from torch import Tensor, nn
 
 from lmpo.config import ConfigError
 from lmpo.policies.base import load_weights, save_weights
@@ -61,16 +61,25 @@ def _write(path: Path, data: bytes) -> None:
         raise OSError(e.errno, e.strerror, str(path)) from None
 
 
-def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module, state: dict[str, Any], keep: int) -> Path:
-    """Write ``model`` weights (safetensors) and ``state`` (optimiser, RNG, envs) atomically."""
-    global _saves
-    _saves += 1
+def staging_dir(ckpt_dir: Path, iteration: int) -> Path:
+    """The empty hidden directory where checkpoint ``iteration`` is written before it is renamed into place; other
+    processes may write their parts there (FSDP's shards) before ``save_checkpoint(..., staged=True)``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    name = f"iter_{iteration:07d}"
-    tmp = ckpt_dir / f".tmp-{name}"
+    tmp = ckpt_dir / f".tmp-iter_{iteration:07d}"
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir()
+    return tmp
+
+
+def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module | dict[str, Tensor], state: dict[str, Any],
+                    keep: int, staged: bool = False) -> Path:
+    """Write ``model``'s weights (or a state dict; safetensors) and ``state`` (optimiser, RNG, envs) atomically,
+    with whatever was ``staged`` in ``staging_dir`` beforehand."""
+    global _saves
+    _saves += 1
+    name = f"iter_{iteration:07d}"
+    tmp = ckpt_dir / f".tmp-{name}" if staged else staging_dir(ckpt_dir, iteration)
     save_weights(model, tmp / "policy.safetensors")
     _fsync_path(tmp / "policy.safetensors")
     if _saves == _KILL_DURING_SAVE:

@@ -193,13 +193,20 @@ class DataParallel(ForwardEvaluation):
 
 def data_parallel(policy: nn.Module, device: torch.device, trained: list[nn.Parameter]) -> Any:
     """The policy for the algorithms: under ``torchrun`` with rank 0's weights and buffers on every process
-    (the others did not pre-train) and wrapped (``DataParallel``); else itself."""
+    (``broadcast_weights``) and wrapped (``DataParallel``); else itself."""
     if world_size() == 1:
         return policy
-    with torch.no_grad():
-        for t in [*policy.parameters(), *policy.buffers()]:
-            dist.broadcast(t.data, src=0)
+    broadcast_weights(policy)
     return DataParallel(policy, device, trained)
+
+
+def broadcast_weights(module: nn.Module) -> None:
+    """Rank 0's parameters and buffers on every process (the others did not pre-train)."""
+    if world_size() == 1:
+        return
+    with torch.no_grad():
+        for t in [*module.parameters(), *module.buffers()]:
+            dist.broadcast(t.data, src=0)
 
 
 def split(total: int, what: str) -> int:

@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import Tensor
 
 from lmpo.config import Config
 from lmpo.core import Rollout
@@ -49,8 +50,9 @@ class Task(Protocol):
         """Bookkeeping once the algorithm has updated the policy."""
         ...
 
-    def finish(self, policy: Any) -> None:
-        """Work once training is done (an export of the trained model)."""
+    def finish(self, policy: Any, weights: dict[str, Tensor] | None = None) -> None:
+        """Work once training is done (an export of the trained model; ``weights``: the policy's, where it does not
+        hold them whole itself, sharded by FSDP)."""
         ...
 
     def evaluate(self, policy: Any, report: Callable[[str], None] | None = None) -> dict[str, float]:
@@ -114,7 +116,7 @@ class ControlTask:
         """Fold the rollout's observations into the normaliser (frozen while collecting and updating)."""
         policy.update_normalizer(rollout.obs)
 
-    def finish(self, policy: MLPPolicy) -> None:
+    def finish(self, policy: MLPPolicy, weights: dict[str, Tensor] | None = None) -> None:
         """Nothing to export: the checkpoint is the model."""
 
     def evaluate(self, policy: MLPPolicy, report: Callable[[str], None] | None = None) -> dict[str, float]:

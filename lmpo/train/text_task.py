@@ -82,7 +82,7 @@ class TextTask:
         self.env: TextEnvironment = family(family.Settings(**cfg.env.kwargs), cfg.seed, run_dir)
         self.tokenizer = self._tokenizer()
         self.chat = chat_format(self.tokenizer, self._generation_eos_ids())  # lmpo's format or the model's template
-        self.rewards = WeightedReward.from_specs(self._reward_specs())
+        self.rewards = WeightedReward.from_specs(*self._reward_specs())
         k = self.t.kl
         self.kl = AdaptiveKLController(k.coef, k.target, k.horizon) if k.target else FixedKLController(k.coef)
         self.sampling = SamplingConfig(**self.t.sampling.model_dump())
@@ -92,11 +92,12 @@ class TextTask:
         self._samples: list[dict[str, Any]] = []
         self.steps = 0
 
-    def _reward_specs(self) -> list[dict[str, Any]]:
-        """``text.rewards`` (or the environment's default), a user's reward file copied into ``<run>/rewards``: a run
-        moved to where that file is not reads its own copy."""
+    def _reward_specs(self) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """``text.rewards`` (or the environment's default), and where to load a user's reward from: the run writer
+        copies the file into ``<run>/rewards``, and everyone else (a reader, the other processes under torchrun)
+        loads that copy, under the configured name (the metrics' keys are the same everywhere)."""
         specs = [dict(s) for s in (self.env.default_rewards if self.t.rewards is None else self.t.rewards)]
-        saved = self.run_dir / "rewards"
+        saved, sources = self.run_dir / "rewards", {}
         for i, spec in enumerate(specs):
             path, sep, fn = str(spec["name"]).rpartition(":")
             if not sep or not path.endswith(".py"):
@@ -106,8 +107,8 @@ class TextTask:
                 saved.mkdir(parents=True, exist_ok=True)
                 shutil.copyfile(path, copy)
             elif copy.is_file():
-                spec["name"] = f"{copy}:{fn}"
-        return specs
+                sources[spec["name"]] = f"{copy}:{fn}"
+        return specs, sources
 
     def _tokenizer(self) -> Any:
         """A given tokenizer, the run's own (resume, a finished run), an hf model's own with the chat tokens added,
@@ -198,14 +199,15 @@ class TextTask:
             return load_hf_body(export, len(self.tokenizer))
         return self._from_policy_path(lambda path: load_hf_body(path, len(self.tokenizer)))
 
-    def finish(self, policy: LMPolicy) -> None:
-        """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf``."""
+    def finish(self, policy: LMPolicy, weights: dict[str, Tensor] | None = None) -> None:
+        """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf`` (of ``weights``,
+        the policy's gathered from its FSDP shards, when given)."""
         if self.cfg.policy.kind == "hf" and self.cfg.policy.lora is not None:
             save_lora_export(policy, self.tokenizer, self.run_dir / HF_EXPORT)
         elif self.cfg.policy.kind == "hf":
             from lmpo.policies.hf import save_hf_policy
 
-            save_hf_policy(policy, self.tokenizer, self.run_dir / HF_EXPORT)
+            save_hf_policy(policy, self.tokenizer, self.run_dir / HF_EXPORT, weights)
 
     def _encoded(self, dialogues: list[Dialogue]) -> list[Any]:
         return [self.chat.dialogue(d) for d in dialogues]

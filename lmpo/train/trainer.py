@@ -24,6 +24,7 @@ from lmpo.train.checkpoint import (
     load_checkpoint,
     remove_temporary,
     save_checkpoint,
+    staging_dir,
     write_atomic,
 )
 from lmpo.train.logging import MetricsLogger, NullLogger, read_metrics
@@ -140,9 +141,7 @@ class Trainer:
             save_config(cfg, self.run_dir)
         if self.lead:
             distributed.barrier()
-        self.algo = make_algorithm(cfg.algo, self.policy, cfg.seed)
-        # what the algorithms update: under torchrun the policy in DDP (rank 0's weights on every process)
-        self.learner = distributed.data_parallel(self.policy, self.device, self.algo.gradient_parameters())
+        self._learner(cfg)
         self.iteration, self.next_eval = 0, cfg.train.eval_every
         # training wall-clock, evaluation excluded (logging and checkpoints included), carried across resumes
         self._elapsed_before, self._clock, self._eval_time = 0.0, time.perf_counter(), 0.0
@@ -151,7 +150,8 @@ class Trainer:
         self._saved_iteration: int | None = None
         if state is not None:
             try:
-                self._restore(state)
+                assert ckpt is not None
+                self._restore(state, ckpt)
             except (KeyError, TypeError, AttributeError, ValueError, pickle.UnpicklingError) as e:
                 assert ckpt is not None
                 raise ConfigError(f"{ckpt / 'state.pt'} is not this run's training state ({type(e).__name__}: "
@@ -168,6 +168,23 @@ class Trainer:
             self.logger = MetricsLogger(self.run_dir, kept, self.task.steps, cfg.train.loggers, cfg.train.wandb,
                                         cfg.model_dump(mode="json"))
         self._samples: list[dict[str, Any]] = []  # the last evaluation's sample completions, logged with its record
+
+    def _learner(self, cfg: Config) -> None:
+        """The algorithm, and the policy as it updates it: under torchrun in DDP, or sharded by FSDP (before the
+        optimiser sees the weights), with rank 0's weights on every process."""
+        self.gathered: Any = None  # the FSDP policy's switch between gathered and sharded weights
+        if cfg.train.fsdp and distributed.world_size() > 1:
+            from lmpo.train import sharded
+
+            distributed.broadcast_weights(self.policy)
+            sharded.shard(self.policy, self.device)
+            self.gathered = sharded.Gathered(self.policy)
+        algo_cfg = cfg.algo
+        if cfg.train.fsdp and algo_cfg.optimizer == "auto":
+            algo_cfg = algo_cfg.model_copy(update={"optimizer": "adam"})
+        self.algo = make_algorithm(algo_cfg, self.policy, cfg.seed)
+        self.learner = self.policy if cfg.train.fsdp else distributed.data_parallel(
+            self.policy, self.device, self.algo.gradient_parameters())
 
     def _build_policy(self) -> Any:
         """The task's policy on the run's device; running out of memory is the config's error."""
@@ -226,6 +243,7 @@ class Trainer:
         cfg, total, start = self.cfg, self.cfg.train.total_steps, self.iteration
         self._clock, self._eval_time = time.perf_counter(), 0.0
         before: dict[str, float] = {}
+        self._gather(True)
         if self.iteration == 0 and self.lead:  # a fresh run: where training starts from (after pre-training, for text)
             before = self.evaluate()
             sizes = {"model/parameters": sum(p.numel() for p in self.policy.parameters()),
@@ -253,14 +271,27 @@ class Trainer:
             self._bar = None
         if self._saved_iteration != self.iteration:
             self.save()
+        export = self._export_weights()
         if not self.lead:
             return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration}
-        self.task.finish(self.policy)
+        self.task.finish(self.policy, export)
         final = self.evaluate()
         if not (self.logger.finished and self.iteration == start):  # a finished run resumed: recorded already
             self._log(self.task.steps, {"iteration": self.iteration, "final": True, **final})
         return {"run_dir": str(self.run_dir), "env_steps": self.task.steps, "iterations": self.iteration,
                 "before": before, **final}
+
+    def _export_weights(self) -> dict[str, torch.Tensor] | None:
+        """An FSDP policy's whole weights on rank 0, for the export (a collective), leaving the weights gathered
+        for the final evaluation; None without FSDP (the policy holds them)."""
+        weights = None
+        if self.gathered is not None:
+            from lmpo.train import sharded
+
+            self._gather(False)
+            weights = sharded.full_weights(self.policy)
+        self._gather(True)
+        return weights
 
     def learn(self, rollout: Rollout, progress: float) -> dict[str, float]:
         """Steps 4-5 of the loop on a collected rollout (under torchrun, every process's, gathered): advantages,
@@ -277,6 +308,7 @@ class Trainer:
         if self.policy.markov:
             rollout = rollout.flatten()
         # step 5. update
+        self._gather(False)
         self.policy.train()
         with self.autocast(weights_change=True):
             metrics = distributed.mean_metrics(self.algo.update(self.learner, rollout, progress))
@@ -310,6 +342,7 @@ class Trainer:
 
     def _collect(self) -> tuple[Rollout, dict[str, float]]:
         """The task's rollout, its rewards checked."""
+        self._gather(True)
         with self._finite_rewards(f"iteration {self.iteration + 1}"), self.autocast():
             rollout, stats = self.task.collect(self.policy)
         self._check_rewards(rollout, stats)
@@ -344,6 +377,7 @@ class Trainer:
         if self.cfg.train.eval_every and self.task.steps >= self.next_eval:
             while self.next_eval <= self.task.steps:
                 self.next_eval += self.cfg.train.eval_every
+            self._gather(True)
             if self.lead:  # the others go on collecting, and wait for it at the next gather
                 record.update(self.evaluate())
         return record
@@ -376,18 +410,55 @@ class Trainer:
 
     def save(self) -> Path | None:
         """Atomically write weights, optimiser, RNG and environment state (every process's streams: under
-        torchrun rank 0 writes them all); returns the checkpoint (None on the other processes)."""
+        torchrun rank 0 writes them all); returns the checkpoint (None on the other processes). Under
+        ``train.fsdp`` the weights and Adam's state go to a DCP directory every process writes its shards to, and
+        rank 0 writes the gathered weights beside it for readers."""
         streams = distributed.gather_to_lead(self._streams())
         self._saved_iteration = self.iteration
+        algo = self.algo.state_dict()
+        weights: Any = self.policy
+        if self.cfg.train.fsdp:
+            from lmpo.train import sharded
+
+            self._gather(False)
+            staged = distributed.broadcast(staging_dir(self.ckpt_dir, self.iteration) if self.lead else None)
+            sharded.save(staged / sharded.DCP_DIR, self.policy, self._torch_optimizer())
+            weights = sharded.full_weights(self.policy) if self.gathered is not None else self.policy
+            del algo["optimizer"]  # in the DCP directory
         if streams is None:
             return None
         mine, *others = streams
         state = {"iteration": self.iteration, "next_eval": self.next_eval, "elapsed": self.elapsed,
-                 "algo": self.algo.state_dict(), **mine, "other_ranks": others, "env_steps": self.task.steps}
-        return save_checkpoint(self.ckpt_dir, self.iteration, self.policy, state, self.cfg.train.keep_checkpoints)
+                 "algo": algo, **mine, "other_ranks": others, "env_steps": self.task.steps}
+        return save_checkpoint(self.ckpt_dir, self.iteration, weights, state, self.cfg.train.keep_checkpoints,
+                               staged=self.cfg.train.fsdp)
 
-    def _restore(self, state: dict[str, Any]) -> None:
-        self.algo.load_state_dict(state["algo"])
+    def _torch_optimizer(self) -> torch.optim.Optimizer:
+        """The ``torch.optim`` optimiser of the algorithm (REINFORCE's and PPO's one Adam)."""
+        return self.algo.optimizer.optimizer  # type: ignore[attr-defined]
+
+    def _load_algorithm(self, algo: dict[str, Any], ckpt: Path) -> None:
+        """The algorithm's state from a checkpoint; a DCP directory's weights and Adam state (``train.fsdp``),
+        resharded to this run's processes, first."""
+        from lmpo.train import sharded
+
+        dcp_dir = ckpt / sharded.DCP_DIR
+        if dcp_dir.is_dir() != self.cfg.train.fsdp:
+            raise ConfigError(f"{ckpt} was written with train.fsdp={dcp_dir.is_dir()}: resume it with the same setting")
+        if self.cfg.train.fsdp:
+            optimizer = self._torch_optimizer()
+            sharded.load(dcp_dir, self.policy, optimizer)
+            algo = {**algo, "optimizer": optimizer.state_dict()}
+        self.algo.load_state_dict(algo)
+
+    def _gather(self, on: bool) -> None:
+        """An FSDP policy's weights gathered on every process (collection, evaluation, the export) or sharded (the
+        update, checkpoints); every process switches at the same points. Nothing to do without FSDP."""
+        if self.gathered is not None:
+            self.gathered.gather() if on else self.gathered.scatter()
+
+    def _restore(self, state: dict[str, Any], ckpt: Path) -> None:
+        self._load_algorithm(state["algo"], ckpt)
         self.iteration, self.next_eval, self._elapsed_before = state["iteration"], state["next_eval"], state["elapsed"]
         self._saved_iteration = self.iteration
         mine: dict[str, Any] | None = state
@@ -398,8 +469,9 @@ class Trainer:
             mine = None
         if mine is None:  # saved by another number of processes: the weights and optimiser go on, new streams
             if self.lead:
-                print(f"lmpo: note: the checkpoint was written by {len(others) + 1} processes, this run has "
-                      f"{distributed.world_size()}: collection continues on new random streams")
+                written = len(others) + 1
+                print(f"lmpo: note: the checkpoint was written by {written} process{'es' if written > 1 else ''}, this "
+                      f"run has {distributed.world_size()}: collection continues on new random streams")
             seed = self.cfg.seed + 7919 * self.iteration
             _seed(distributed.rank_seed(seed))
             self.task.restore(state["task"], state["env_steps"], reseed=seed)  # rank 0's: what all processes share

@@ -1,6 +1,6 @@
-"""Run under ``torchrun``: train a recipe data-parallel and record, on rank 0, what every update received and
-gave (the gathered rollout, its progress, the metrics, the weights after it). ``test_distributed.py`` replays the
-records in one process. Not a test module: it is a worker the test launches."""
+"""Run under ``torchrun``: train a recipe data-parallel (DDP or FSDP) and record, on rank 0, what every update
+received and gave (the gathered rollout, its progress, the metrics, the weights after it). ``test_distributed.py``
+replays the records in one process. Not a test module: it is a worker the test launches."""
 
 import sys
 from pathlib import Path
@@ -22,9 +22,14 @@ def main(recipe: str, out: str, *overrides: str) -> None:
     def recorded(rollout, progress):  # type: ignore[no-untyped-def]
         before = rollout._map(lambda t: t.clone())
         metrics = learn(rollout, progress)
-        weights = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
+        if trainer.gathered is not None:  # FSDP: every process's shards, gathered on rank 0
+            from lmpo.train import sharded
+
+            weights = sharded.full_weights(trainer.policy)
+        else:
+            weights = {k: v.detach().clone() for k, v in trainer.policy.state_dict().items()}
         records.append({"rollout": before, "progress": progress, "metrics": metrics, "weights": weights,
-                        "world": distributed.world_size()})
+                        "world": distributed.world_size(), "sharded": trainer.gathered is not None})
         return metrics
 
     trainer.learn = recorded  # type: ignore[method-assign]

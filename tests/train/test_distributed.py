@@ -13,6 +13,7 @@ import torch
 from lmpo.cli import load_recipe, resolve_recipe
 from lmpo.train.logging import read_metrics
 from lmpo.train.trainer import Trainer
+from tests.conftest import chatml_gpt2
 
 ROOT = Path(__file__).resolve().parents[2]
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--standalone"]
@@ -42,12 +43,54 @@ def torchrun(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.parametrize("recipe", list(CASES))
 def test_two_processes_update_as_one_does_on_the_same_global_batch(tmp_path: Path, recipe: str) -> None:
-    over = [*CASES[recipe], f"train.runs_dir={tmp_path / 'runs'}"]
+    replay_two_processes_in_one(tmp_path, recipe, [*CASES[recipe], f"train.runs_dir={tmp_path / 'runs'}"])
+
+
+@pytest.fixture(scope="module")
+def tiny_hf(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer GPT-2 with a ChatML tokenizer, saved like a hub checkpoint."""
+    path = tmp_path_factory.mktemp("fsdp") / "m"
+    chatml_gpt2(path, width=32, layers=2, heads=2, vocab_size=400)
+    return path
+
+
+def fsdp_text(model: Path, runs: Path) -> list[str]:
+    """The prompt set with the tiny hf model, pre-trained for an epoch, sharded by FSDP."""
+    return [*QUIET, "policy.kind=hf", f"policy.path={model}", f"train.runs_dir={runs}", "train.fsdp=true",
+            f"env.kwargs.path={ROOT / 'examples' / 'prompts.jsonl'}", "text.pretrain.epochs=1",
+            "text.sampling.max_new_tokens=12", "text.conversations_per_update=4", "text.eval_samples=1",
+            "train.total_steps=48"]
+
+
+@pytest.mark.parametrize("algo", [[], ["algo.name=ppo", "algo.epochs=2", "algo.batch_size=8",
+                                       "policy.gradient_checkpointing=true"]], ids=["reinforce", "ppo"])
+def test_fsdp_on_two_processes_updates_as_one_process_does(tmp_path: Path, tiny_hf: Path, algo: list[str],
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """FSDP2 (weights, gradients and Adam's state sharded over 2 gloo processes) gives one process's updates on the
+    same global batch, and exports the gathered model."""
+    monkeypatch.chdir(ROOT)  # the recipe names its reward file relative to the repository
+    run = replay_two_processes_in_one(tmp_path, str(ROOT / "configs" / "prompts-example.yaml"),
+                                      [*fsdp_text(tiny_hf, tmp_path / "runs"), *algo], cwd=ROOT)
+    checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    assert (checkpoint / "dcp" / ".metadata").is_file() and len(list((checkpoint / "dcp").glob("*.distcp"))) == 2
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM
+
+    weights = load_file(checkpoint / "policy.safetensors")  # the gathered weights, whole
+    exported = AutoModelForCausalLM.from_pretrained(run / "hf")
+    for key, value in exported.state_dict().items():
+        assert torch.equal(value, weights[f"body.model.{key}"]), key
+
+
+def replay_two_processes_in_one(tmp_path: Path, recipe: str, over: list[str], cwd: Path | None = None) -> Path:
+    """Train ``recipe`` on 2 processes recording each update; replay the updates in one process and compare the
+    weights and metrics after each. Returns the 2-process run's directory."""
     torchrun(str(ROOT / "tests" / "train" / "ddp_replay.py"), recipe, str(tmp_path / "records.pt"), *over,
-             cwd=tmp_path)
+             cwd=cwd or tmp_path)
     saved = torch.load(tmp_path / "records.pt", weights_only=False)
     records = saved["records"]
     assert len(records) >= 2 and all(r["world"] == 2 for r in records)
+    assert all(r["sharded"] == ("train.fsdp=true" in over) for r in records)
     # one process, the same seed: the same initial weights (and pre-training), then the same updates
     one = Trainer(load_recipe(resolve_recipe(recipe), [*over, "name=one"]))
     first = records[0]["rollout"]
@@ -69,6 +112,7 @@ def test_two_processes_update_as_one_does_on_the_same_global_batch(tmp_path: Pat
     assert [r["iteration"] for r in read_metrics(run)] == list(range(len(records) + 1)) + [len(records)]
     state = torch.load(next((run / "checkpoints").glob("iter_*")) / "state.pt", weights_only=False)
     assert len(state["other_ranks"]) == 1 and state["other_ranks"][0]["task"] != state["task"]
+    return run
 
 
 def test_torchrun_train_and_resume_are_exact(tmp_path: Path) -> None:
@@ -104,3 +148,47 @@ def test_a_run_resumes_on_another_number_of_processes(tmp_path: Path, capsys: py
     records = read_metrics(tmp_path / "r")
     assert len(records) > first and [r for r in records if "env_steps" in r][-1]["env_steps"] >= 768
     assert "written by 2 processes, this run has 1" in capsys.readouterr().out
+
+
+def test_an_fsdp_checkpoint_resumes_on_one_process_with_its_optimiser_state(
+        tmp_path: Path, tiny_hf: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two FSDP processes write a torch.distributed.checkpoint; one process loads it, resharded: the same weights and
+    the same Adam moments, by parameter name; training goes on."""
+    monkeypatch.chdir(ROOT)
+    from torch.distributed.checkpoint.format_utils import dcp_to_torch_save
+    from torch.distributed.checkpoint.state_dict import get_optimizer_state_dict
+
+    over = [*fsdp_text(tiny_hf, tmp_path), "train.checkpoint_every=2", "name=r"]
+    torchrun("-m", "lmpo", "train", "configs/prompts-example.yaml", *over, cwd=ROOT)
+    run = tmp_path / "r"
+    checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
+    dcp_to_torch_save(checkpoint / "dcp", tmp_path / "whole.pt")
+    saved = torch.load(tmp_path / "whole.pt", weights_only=False)
+    one = Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")),
+                              [*over, "train.total_steps=96"]), run_dir=run, resume=True)
+    for key, value in one.policy.state_dict().items():
+        assert torch.equal(value, saved["model"][key]), key
+    moments = get_optimizer_state_dict(one.policy, one.algo.optimizer.optimizer)["state"]  # type: ignore[attr-defined]
+    assert moments.keys() == saved["optim"]["state"].keys()
+    for name, state in moments.items():
+        assert int(state["step"]) == len(read_metrics(run)) - 1 - 1  # every update so far (less iteration 0's record)
+        for moment in ("exp_avg", "exp_avg_sq"):
+            assert torch.equal(state[moment], saved["optim"]["state"][name][moment]), (name, moment)
+    one.train()
+    assert [r for r in read_metrics(run) if "env_steps" in r][-1]["env_steps"] >= 96
+
+
+@pytest.mark.parametrize(("overrides", "message"), [
+    (["policy.kind=gru"], "is for hf policies"),
+    (["algo.name=trpo"], "cannot serve TRPO"),
+    (["policy.compile=[decode]"], "does not combine with policy.lora or policy.compile"),
+    (["algo.optimizer=flat_adam"], "needs algo.optimizer 'adam' or 'auto'"),
+    (["env.id=CartPole-v1", "policy.kind=mlp", "text=null"], "are for language-model policies"),
+])
+def test_fsdp_settings_that_cannot_work_are_refused(overrides: list[str], message: str) -> None:
+    from lmpo.config import ConfigError, load_config
+
+    base = ["env.id=lmpo/Prompts-v0", "policy.kind=hf", "policy.path=some/model", "train.fsdp=true"]
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, [*base, *overrides])
+    assert load_config(None, base).train.fsdp
