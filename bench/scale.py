@@ -19,12 +19,19 @@ LoRA (adapters only; the reference is the same network with its adapters off). P
 training process (and its rise over the process's memory once its libraries are imported), the training return of
 the first and last five updates, and the sampled reward before and after on training and held-out prompts.
 
+``--part fsdp``: memory of ``--processes`` processes under torchrun training a Hugging Face GPT-2 built here
+(``--width``, ``--layers``; random weights, no pre-training) with PPO on the prompt set, data-parallel (DDP: every
+process holds the weights, gradients and Adam's moments whole) and sharded (``train.fsdp``: each holds 1/N of them,
+and the whole weights while it collects). Each process's peak resident memory and its rise over the process's memory
+once its libraries are imported; the replies per second of both.
+
 ``--part mfu``: model FLOP utilisation of the main job's update step (PPO's epochs of minibatch forward and
 backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMode`` on the rollout whose update
 was timed, against this machine's measured float32 matmul peak at the same number of threads.
 
     python bench/scale.py --part ddp [--recipe support] [--steps 1000] [--rounds 2] [--processes 2] [overrides ...]
     python bench/scale.py --part lora [--width 1024] [--layers 8] [--lora-steps 640] [--sft-epochs 1]
+    python bench/scale.py --part fsdp [--width 1024] [--layers 8] [--fsdp-steps 64] [--processes 2]
     python bench/scale.py --part mfu [--recipe support] [--updates 3]
 """
 
@@ -125,15 +132,49 @@ print(f"PEAK_KIB {base} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
 """
 
 
-def peak_memory(args: list[str]) -> tuple[float, float]:
-    """``lmpo ARGS`` in a process of its own: its peak resident memory and the rise over its memory once its
-    libraries were imported, in MiB."""
-    proc = subprocess.run([sys.executable, "-c", PEAK, *args], cwd=ROOT, capture_output=True, text=True,
-                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+def peak_memory(args: list[str], processes: int = 1) -> list[tuple[float, float]]:
+    """``lmpo ARGS`` in a process of its own (or ``processes`` under torchrun): each one's peak resident memory and
+    the rise over its memory once its libraries were imported, in MiB."""
+    script = Path(tempfile.mkdtemp(prefix="lmpo-peak-")) / "peak.py"
+    script.write_text(PEAK)
+    launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
+    proc = subprocess.run([*(launch if processes > 1 else [sys.executable]), str(script), *args], cwd=ROOT,
+                          capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         raise SystemExit(f"failed: lmpo {' '.join(args)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    base, peak = (int(x) for x in proc.stdout.split("PEAK_KIB ")[1].split()[:2])
-    return peak / 1024, (peak - base) / 1024
+    out = []
+    for part in proc.stdout.split("PEAK_KIB ")[1:]:
+        base, peak = (int(x) for x in part.split()[:2])
+        out.append((peak / 1024, (peak - base) / 1024))
+    return out
+
+
+def fsdp(args: argparse.Namespace) -> None:
+    """Part ``fsdp``: each process's memory, DDP against FSDP."""
+    from transformers import AutoModelForCausalLM
+
+    from tests.conftest import chatml_gpt2
+
+    tmp = Path(tempfile.mkdtemp(prefix="lmpo-fsdp-"))
+    chatml_gpt2(tmp / "model", args.width, args.layers, heads=8, vocab_size=2000)
+    n_params = sum(p.numel() for p in AutoModelForCausalLM.from_pretrained(tmp / "model").parameters())
+    print(f"GPT-2, {args.layers} layers of width {args.width}: {n_params / 1e6:.1f} M parameters; "
+          f"{args.processes} processes")
+    common = ["train", "configs/prompts-example.yaml", "train.progress=false", "policy.kind=hf",
+              f"train.runs_dir={tmp}", f"policy.path={tmp / 'model'}", "text.pretrain.epochs=0", "text.eval_samples=1",
+              "text.eval_conversations=8", "text.conversations_per_update=8", "train.threads=1",
+              f"train.total_steps={args.fsdp_steps}", "algo={name: ppo, lr: 0.00002, epochs: 2, batch_size: 16, "
+              "advantage: {estimator: returns, gamma: 1.0, baseline: group, group_std: false, whiten: false}}"]
+    print("\n| setup | peak RSS per process (MiB) | rise over libraries (MiB) | replies/s |")
+    print("|---|---|---|---|")
+    rises = []
+    for i, (label, extra) in enumerate([("DDP", []), ("FSDP (train.fsdp)", ["train.fsdp=true"])]):
+        peaks = peak_memory([*common, f"name=run{i}", *extra], args.processes)
+        rises.append(max(r for _, r in peaks))
+        print(f"| {label} | {', '.join(f'{p:.0f}' for p, _ in peaks)} | {', '.join(f'{r:.0f}' for _, r in peaks)} | "
+              f"{measure(tmp / f'run{i}')['steps_per_s']:.2f} |")
+    print(f"\nFSDP / DDP: rise {rises[1] / rises[0]:.2f}x (the larger process of each)")
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def lora(args: argparse.Namespace) -> None:
@@ -165,7 +206,7 @@ def lora(args: argparse.Namespace) -> None:
     peaks = []
     for i, (label, extra) in enumerate(setups):
         start = time.perf_counter()
-        peak, rise = peak_memory(["train", *common, f"policy.path={tmp / 'sft' / 'hf'}", f"name=run{i}",
+        [(peak, rise)] = peak_memory(["train", *common, f"policy.path={tmp / 'sft' / 'hf'}", f"name=run{i}",
                                   "text.pretrain.epochs=0", f"train.total_steps={args.lora_steps}",
                                   "policy.gradient_checkpointing=true", *extra])
         peaks.append((peak, rise))
@@ -246,20 +287,21 @@ def mfu(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--part", choices=["ddp", "lora", "mfu"], default="ddp")
+    parser.add_argument("--part", choices=["ddp", "lora", "fsdp", "mfu"], default="ddp")
     parser.add_argument("--recipe", default="support")
     parser.add_argument("--steps", type=int, default=1000, help="ddp: replies (environment steps) of RL per setup")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--processes", type=int, default=2)
-    parser.add_argument("--width", type=int, default=1024, help="lora: the GPT-2's width")
-    parser.add_argument("--layers", type=int, default=8, help="lora: the GPT-2's layers")
+    parser.add_argument("--width", type=int, default=1024, help="lora, fsdp: the GPT-2's width")
+    parser.add_argument("--layers", type=int, default=8, help="lora, fsdp: the GPT-2's layers")
     parser.add_argument("--lora-steps", type=int, default=640, help="lora: replies of PPO per setup")
     parser.add_argument("--sft-epochs", type=int, default=1, help="lora: epochs of pre-training before PPO")
+    parser.add_argument("--fsdp-steps", type=int, default=64, help="fsdp: replies of PPO per setup")
     parser.add_argument("--updates", type=int, default=3, help="mfu: updates measured")
     parser.add_argument("overrides", nargs="*", help="ddp, mfu: more overrides for every run")
     args = parser.parse_args()
     print(f"CPU: {cpu_model()}, {os.cpu_count()} cores")
-    {"ddp": ddp, "lora": lora, "mfu": mfu}[args.part](args)
+    {"ddp": ddp, "lora": lora, "fsdp": fsdp, "mfu": mfu}[args.part](args)
 
 
 if __name__ == "__main__":

@@ -127,11 +127,18 @@ class ForwardEvaluation:
 
 
 def save_weights(module: nn.Module | dict[str, Tensor], path: str | Path) -> None:
-    """``module.state_dict()`` (or a state dict) as safetensors. Copies: parameters may be views of one optimiser
-    buffer, and safetensors refuses tensors that share storage."""
+    """``module.state_dict()`` (or a state dict) as safetensors. Tensors that share storage with another (views of
+    one optimiser buffer, tied weights), or are not on the CPU, are copied: safetensors refuses shared ones."""
     state = module if isinstance(module, dict) else module.state_dict()
+    seen: set[int] = set()
+    tensors = {}
+    for k, v in state.items():
+        v = v.detach()
+        shared = v.device.type != "cpu" or v.untyped_storage().data_ptr() in seen or not v.is_contiguous()
+        seen.add(v.untyped_storage().data_ptr())
+        tensors[k] = v.to("cpu", copy=True) if shared else v
     try:
-        save_file({k: v.detach().to("cpu", copy=True) for k, v in state.items()}, str(path))
+        save_file(tensors, str(path))
     except SafetensorError as e:  # a full disk: the OSError it is, naming the file
         code = re.search(r"os error (\d+)", str(e))
         if code is None:

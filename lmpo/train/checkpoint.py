@@ -1,8 +1,9 @@
 """Crash-safe checkpoints: a checkpoint directory appears whole or not at all.
 
 Layout: ``<run>/checkpoints/iter_000042/{policy.safetensors, state.pt}`` (and ``dcp/``, FSDP's shards of the
-weights and optimiser, under ``train.fsdp``) and ``<run>/checkpoints/latest`` naming the newest. Files are written into a hidden temporary directory, fsynced, and the directory is
-renamed into place (atomic on POSIX); ``latest`` is replaced atomically afterwards. A crash at any point
+weights and optimiser, under ``train.fsdp``) and ``<run>/checkpoints/latest`` naming the newest. Files are written
+into a hidden temporary directory, fsynced, and the directory is renamed into place (atomic on POSIX); ``latest`` is
+replaced atomically afterwards. A crash at any point
 leaves the previous checkpoint intact and at most a ``.tmp-*`` directory, which only the writer removes (on
 its next start): readers never touch the files of a run that may be live, and retry when rotation removes
 the checkpoint they were reading.
@@ -27,6 +28,7 @@ from torch import Tensor, nn
 from lmpo.config import ConfigError
 from lmpo.policies.base import load_weights, save_weights
 
+DCP_DIR = "dcp"  # a checkpoint's torch.distributed.checkpoint directory (train.fsdp)
 READ_RETRIES = 5  # a reader's attempts when the writer's rotation removes the checkpoint it was reading
 
 # Fault injection for the crash tests: kill this process half-way through the N-th checkpoint write.

@@ -36,8 +36,6 @@ from lmpo.core.parallel import world_size
 from lmpo.policies.hf import HFCausalLM
 from lmpo.policies.lm import LMPolicy
 
-DCP_DIR = "dcp"  # inside a checkpoint directory
-
 
 def shard(policy: LMPolicy, device: torch.device) -> None:
     """Shard ``policy`` in place across the processes: each transformer block (the model's ``_no_split_modules``)

@@ -164,6 +164,11 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_with_its_optimiser_state(
     checkpoint = run / "checkpoints" / (run / "checkpoints" / "latest").read_text().strip()
     dcp_to_torch_save(checkpoint / "dcp", tmp_path / "whole.pt")
     saved = torch.load(tmp_path / "whole.pt", weights_only=False)
+    from lmpo.config import ConfigError
+
+    with pytest.raises(ConfigError, match="written with train.fsdp=true"):  # the optimiser state is in the DCP
+        Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")),
+                            [*over, "train.fsdp=false"]), run_dir=run, resume=True)
     one = Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")),
                               [*over, "train.total_steps=96"]), run_dir=run, resume=True)
     for key, value in one.policy.state_dict().items():
