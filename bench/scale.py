@@ -119,7 +119,7 @@ def ddp(args: argparse.Namespace) -> None:
     shutil.rmtree(tmp, ignore_errors=True)
 
 
-PEAK = """import resource, runpy, sys
+PEAK = """import os, resource, runpy, sys
 import lmpo.cli, lmpo.train.trainer, transformers, peft  # the libraries, before training
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 sys.argv = ["lmpo", *sys.argv[1:]]
@@ -128,13 +128,13 @@ try:
 except SystemExit as e:
     if e.code:
         raise
-print(f"PEAK_KIB {base} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
+print(f"PEAK_KIB {os.environ.get('RANK', '0')} {base} {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}")
 """
 
 
 def peak_memory(args: list[str], processes: int = 1) -> list[tuple[float, float]]:
     """``lmpo ARGS`` in a process of its own (or ``processes`` under torchrun): each one's peak resident memory and
-    the rise over its memory once its libraries were imported, in MiB."""
+    the rise over its memory once its libraries were imported, in MiB, in rank order."""
     script = Path(tempfile.mkdtemp(prefix="lmpo-peak-")) / "peak.py"
     script.write_text(PEAK)
     launch = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={processes}"]
@@ -142,11 +142,11 @@ def peak_memory(args: list[str], processes: int = 1) -> list[tuple[float, float]
                           capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
     if proc.returncode:
         raise SystemExit(f"failed: lmpo {' '.join(args)}\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}")
-    out = []
+    out = {}
     for part in proc.stdout.split("PEAK_KIB ")[1:]:
-        base, peak = (int(x) for x in part.split()[:2])
-        out.append((peak / 1024, (peak - base) / 1024))
-    return out
+        rank, base, peak = (int(x) for x in part.split()[:3])
+        out[rank] = (peak / 1024, (peak - base) / 1024)
+    return [out[r] for r in sorted(out)]
 
 
 def fsdp(args: argparse.Namespace) -> None:
@@ -165,7 +165,7 @@ def fsdp(args: argparse.Namespace) -> None:
               "text.eval_conversations=8", "text.conversations_per_update=8", "train.threads=1",
               f"train.total_steps={args.fsdp_steps}", "algo={name: ppo, lr: 0.00002, epochs: 2, batch_size: 16, "
               "advantage: {estimator: returns, gamma: 1.0, baseline: group, group_std: false, whiten: false}}"]
-    print("\n| setup | peak RSS per process (MiB) | rise over libraries (MiB) | replies/s |")
+    print("\n| setup | peak RSS per process, ranks 0, 1, ... (MiB) | rise over libraries (MiB) | replies/s |")
     print("|---|---|---|---|")
     rises = []
     for i, (label, extra) in enumerate([("DDP", []), ("FSDP (train.fsdp)", ["train.fsdp=true"])]):

@@ -367,8 +367,6 @@ class Config(Section):
     def _fsdp_fits(self) -> None:
         if not self.train.fsdp:
             return
-        import torch.distributed.fsdp as fsdp
-
         problem = None
         if self.policy.kind != "hf":
             problem = "is for hf policies (policy.kind 'hf')"
@@ -378,8 +376,6 @@ class Config(Section):
             problem = "does not combine with policy.lora or policy.compile"
         elif self.algo.optimizer == "flat_adam":
             problem = "needs algo.optimizer 'adam' or 'auto' (flat_adam re-homes the weights FSDP shards)"
-        elif not hasattr(fsdp, "fully_shard"):
-            problem = "needs torch>=2.6 (fully_shard)"
         if problem:
             raise ValueError(f"train.fsdp {problem}")
 

@@ -136,7 +136,7 @@ def save_weights(module: nn.Module | dict[str, Tensor], path: str | Path) -> Non
         v = v.detach()
         shared = v.device.type != "cpu" or v.untyped_storage().data_ptr() in seen or not v.is_contiguous()
         seen.add(v.untyped_storage().data_ptr())
-        tensors[k] = v.to("cpu", copy=True) if shared else v
+        tensors[k] = v.to("cpu", copy=True, memory_format=torch.contiguous_format) if shared else v
     try:
         save_file(tensors, str(path))
     except SafetensorError as e:  # a full disk: the OSError it is, naming the file

@@ -89,6 +89,8 @@ def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module | dict[str,
     buf = io.BytesIO()
     torch.save(state, buf)
     _write(tmp / "state.pt", buf.getvalue())
+    if (tmp / DCP_DIR).is_dir():  # DCP fsyncs its files, not the directory's entries
+        _fsync_path(tmp / DCP_DIR)
     _fsync_path(tmp)
     final = ckpt_dir / name
     if final.exists():  # never remove the old copy before the new one is in place
@@ -116,7 +118,9 @@ def remove_temporary(ckpt_dir: Path) -> None:
 
 
 def _complete(path: Path) -> bool:
-    return (path / "policy.safetensors").is_file() and (path / "state.pt").is_file()
+    shards = path / DCP_DIR
+    return ((path / "policy.safetensors").is_file() and (path / "state.pt").is_file()
+            and (not shards.is_dir() or (shards / ".metadata").is_file()))
 
 
 def latest_checkpoint(ckpt_dir: Path) -> Path | None:

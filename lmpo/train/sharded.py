@@ -4,11 +4,12 @@ During the update each process holds a 1/N shard of every weight, gradient and A
 exist only while it runs (all-gathered before, freed after; gradients reduce-scattered). Collection, evaluation and
 the export run on gathered weights (``Gathered``): generation makes hundreds of small forward passes, a different
 number on every process, which per-block all-gathers would make both slow and a deadlock. So the peak is the full
-weights during collection (plus the reference's) and the shards plus one block during the update, against weights,
-gradients and both moments in full on every process under DDP.
+weights during collection (plus the reference's) and, during the update, the shards plus one block's and the root
+unit's (embeddings and heads) whole weights, against weights, gradients and both moments in full on every process
+under DDP.
 
 Checkpoints are ``torch.distributed.checkpoint`` (DCP) directories written by every process (``iter_N/dcp``), which
-load on any number of processes, with or without FSDP; rank 0 also writes the gathered weights as
+load on any number of processes (one without torchrun included); rank 0 also writes the gathered weights as
 ``policy.safetensors`` for readers (``lmpo serve``, ``lmpo.load``).
 """
 
@@ -23,6 +24,7 @@ from typing import Any
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import Tensor, nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
@@ -75,6 +77,11 @@ class Gathered:
         self.units = [m for m in policy.modules() if isinstance(m, FSDPModule)]
         self.root = policy
         self.gathered = False
+        for unit in self.units:  # FSDP reshards a unit whose state_dict() is taken: so does this switch
+            unit.register_state_dict_pre_hook(self._resharded)
+
+    def _resharded(self, *_: Any) -> None:
+        self.gathered = False
 
     def gather(self) -> None:
         """All-gather every unit's weights and keep them until ``scatter``."""
@@ -119,9 +126,14 @@ def save(path: Path, policy: nn.Module, optimizer: torch.optim.Optimizer) -> Non
 
 
 def load(path: Path, policy: nn.Module, optimizer: torch.optim.Optimizer) -> None:
-    """Load what ``save`` wrote, resharded to this run's processes (any number, one without FSDP included)."""
+    """Load what ``save`` wrote, resharded to this run's processes (any number, one without torchrun included); a
+    damaged directory is a ``ConfigError``."""
     model_state, optim_state = get_state_dict(policy, optimizer)
     state: dict[str, Any] = {"model": model_state, "optim": optim_state}
-    with _alone() as alone:
-        dcp.load(state, checkpoint_id=path, no_dist=alone)
+    try:
+        with _alone() as alone:
+            dcp.load(state, checkpoint_id=path, no_dist=alone)
+    except (Exception, CheckpointException) as e:  # DCP's own is a BaseException
+        first = (str(e).splitlines() or [""])[0][:160]
+        raise ConfigError(f"{path} is damaged ({type(e).__name__}: {first})") from None
     set_state_dict(policy, optimizer, model_state_dict=state["model"], optim_state_dict=state["optim"])

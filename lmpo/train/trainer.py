@@ -132,10 +132,7 @@ class Trainer:
             distributed.barrier()
         self.task = make_task(cfg, self.run_dir, self.device, writer=self.lead)
         self.policy: Any = self._build_policy()
-        ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
-        if ckpt is not None and (ckpt / DCP_DIR).is_dir() != cfg.train.fsdp:  # where the optimiser's state is
-            raise ConfigError(f"{ckpt} was written with train.fsdp={str(not cfg.train.fsdp).lower()}: resume it with "
-                              "the same setting")
+        ckpt = self._checkpoint(resume)
         if self.lead:
             self._check_run(resume, ckpt)
         state = load_checkpoint(ckpt, self.policy) if ckpt is not None else None
@@ -157,6 +154,8 @@ class Trainer:
             try:
                 assert ckpt is not None
                 self._restore(state, ckpt)
+            except ConfigError:
+                raise
             except (KeyError, TypeError, AttributeError, ValueError, pickle.UnpicklingError) as e:
                 assert ckpt is not None
                 raise ConfigError(f"{ckpt / 'state.pt'} is not this run's training state ({type(e).__name__}: "
@@ -174,11 +173,22 @@ class Trainer:
                                         cfg.model_dump(mode="json"))
         self._samples: list[dict[str, Any]] = []  # the last evaluation's sample completions, logged with its record
 
+    def _checkpoint(self, resume: bool) -> Path | None:
+        """The checkpoint a resume starts from (None for a fresh run, or a run without one yet), written with the
+        run's ``train.fsdp``: the optimiser's state is in the DCP directory with it, in ``state.pt`` without."""
+        ckpt = latest_checkpoint(self.ckpt_dir) if resume else None
+        if ckpt is not None and (ckpt / DCP_DIR).is_dir() != self.cfg.train.fsdp:
+            raise ConfigError(f"{ckpt} was written with train.fsdp={str(not self.cfg.train.fsdp).lower()}: resume it "
+                              "with the same setting")
+        return ckpt
+
     def _learner(self, cfg: Config) -> None:
         """The algorithm, and the policy as it updates it: under torchrun in DDP, or sharded by FSDP (before the
         optimiser sees the weights), with rank 0's weights on every process."""
         self.gathered: Any = None  # the FSDP policy's switch between gathered and sharded weights
         if cfg.train.fsdp and distributed.world_size() > 1:
+            if not hasattr(torch.distributed.fsdp, "fully_shard"):
+                raise ConfigError("train.fsdp needs torch>=2.6 (fully_shard)")
             from lmpo.train import sharded
 
             distributed.broadcast_weights(self.policy)
@@ -372,7 +382,11 @@ class Trainer:
         key = first_non_finite({k: v for k, v in metrics.items() if k.startswith(CHECKED_METRICS)})
         if key is not None:
             raise self._diverged(key)
-        key = first_non_finite(dict(self.policy.state_dict()))
+        # FSDP: each process checks its shards (a DTensor's own check would read only them anyway), then all agree
+        key = first_non_finite({k: v.to_local() if hasattr(v, "to_local") else v
+                                for k, v in self.policy.state_dict().items()})
+        if self.gathered is not None:
+            key = next((k for k in distributed.all_gather(key) if k is not None), None)
         if key is not None:
             raise self._diverged(f"parameter {key} after the update")
 

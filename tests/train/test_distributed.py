@@ -3,6 +3,7 @@ random streams; given the same global batch, the update equals one process's (to
 algorithm on a control task and a text task; only rank 0 writes; --resume continues exactly."""
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -62,7 +63,7 @@ def fsdp_text(model: Path, runs: Path) -> list[str]:
             "train.total_steps=48"]
 
 
-@pytest.mark.parametrize("algo", [[], ["algo.name=ppo", "algo.epochs=2", "algo.batch_size=8",
+@pytest.mark.parametrize("algo", [[], ["algo.name=ppo", "algo.epochs=2", "algo.batch_size=8", "train.eval_every=16",
                                        "policy.gradient_checkpointing=true"]], ids=["reinforce", "ppo"])
 def test_fsdp_on_two_processes_updates_as_one_process_does(tmp_path: Path, tiny_hf: Path, algo: list[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,6 +170,21 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_with_its_optimiser_state(
     with pytest.raises(ConfigError, match="written with train.fsdp=true"):  # the optimiser state is in the DCP
         Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")),
                             [*over, "train.fsdp=false"]), run_dir=run, resume=True)
+    # damaged: a shard's file cut short, or the index missing (then it is no complete checkpoint)
+    for damage, message in [(lambda d: (d / "__1_0.distcp").write_bytes(b"\0" * 64), "dcp is damaged"),
+                            (lambda d: (d / ".metadata").unlink(), "not a complete checkpoint")]:
+        broken = tmp_path / "broken"
+        shutil.rmtree(broken, ignore_errors=True)
+        shutil.copytree(run, broken)
+        damage(broken / "checkpoints" / checkpoint.name / "dcp")
+        with pytest.raises(ConfigError, match=message):
+            Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")), over), run_dir=broken,
+                    resume=True)
+    # the weights come from the DCP directory, not from the copy for readers beside it
+    from safetensors.torch import load_file, save_file
+
+    readers = load_file(checkpoint / "policy.safetensors")
+    save_file({k: v + 1.0 for k, v in readers.items()}, checkpoint / "policy.safetensors")
     one = Trainer(load_recipe(resolve_recipe(str(ROOT / "configs" / "prompts-example.yaml")),
                               [*over, "train.total_steps=96"]), run_dir=run, resume=True)
     for key, value in one.policy.state_dict().items():
@@ -181,6 +197,18 @@ def test_an_fsdp_checkpoint_resumes_on_one_process_with_its_optimiser_state(
             assert torch.equal(state[moment], saved["optim"]["state"][name][moment]), (name, moment)
     one.train()
     assert [r for r in read_metrics(run) if "env_steps" in r][-1]["env_steps"] >= 96
+
+
+def test_a_non_finite_weight_in_one_shard_stops_every_process(tmp_path: Path, tiny_hf: Path,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each process checks its own shards after an update; a NaN in one process's stops them all (none waits in a
+    collective the other left)."""
+    monkeypatch.chdir(ROOT)
+    out = torchrun(str(ROOT / "tests" / "train" / "fsdp_nan.py"), str(ROOT / "configs" / "prompts-example.yaml"),
+                   *fsdp_text(tiny_hf, tmp_path), "text.pretrain.epochs=0", cwd=ROOT).stdout
+    stopped = sorted(line for line in out.splitlines() if line.startswith("STOPPED"))
+    assert [line.split()[1] for line in stopped] == ["0", "1"], out[-2000:]
+    assert all("h.1.mlp.c_fc.weight after the update" in line for line in stopped)
 
 
 @pytest.mark.parametrize(("overrides", "message"), [
