@@ -13,6 +13,7 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
@@ -110,9 +111,20 @@ class LMPolicy(ForwardEvaluation, nn.Module):
     def _score(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """One teacher-forced pass; sampling log-probs ``(N, V)`` of the ``N`` real reply tokens (row by
         row), values ``(B, T)`` and the reply mask ``(B, T)``."""
-        p, t = prompts.shape[1], replies.shape[1]
+        t = replies.shape[1]
         if t == 0:
             raise ValueError("no reply tokens to score")
+        # a minibatch (or a process's share of one) is padded to its rollout's longest prompt and reply: columns that
+        # are padding in every row cost as much as real ones (a sixth of the main job's minibatch cells), and change
+        # nothing (positions count real tokens; pads are masked): leave them out
+        real = replies != self.pad_id  # (B, T)
+        first = int((prompts != self.pad_id).any(0).int().argmax())  # prompts are left-padded
+        last = int(real.any(0).cumsum(0).argmax())  # replies right-padded: the last column with a token (0 if none)
+        logp, values, _ = self._score_trimmed(prompts[:, first:], replies[:, :last + 1])
+        return logp, F.pad(values, (0, t - values.shape[1])), real
+
+    def _score_trimmed(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        p, t = prompts.shape[1], replies.shape[1]
         # position P - 1 + i predicts reply token i, so the last reply token is never an input. Logits only
         # at real reply tokens: replies are right-padded to the longest, and the projection to the vocabulary
         # with its log-softmax would otherwise cost as much on pads as on tokens (half a batch is pads).

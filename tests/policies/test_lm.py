@@ -82,6 +82,28 @@ def test_padded_rows_score_as_alone(kind: str) -> None:
     assert ev.params.shape[0] == int(lengths.sum())  # one distribution per real token, none for pads
 
 
+@pytest.mark.parametrize("kind", list(BODIES))
+def test_columns_of_padding_in_every_row_are_not_computed(kind: str) -> None:
+    # a minibatch of a rollout is padded to the rollout's longest prompt and reply: the body sees only the columns
+    # some row uses, and the scores are those of the unpadded batch, shaped as the padded one
+    pol = _policy(kind)
+    torch.manual_seed(2)
+    replies = torch.randint(3, V, (len(PROMPTS), 6))
+    replies[1:, 4:] = PAD
+    prompts = torch.cat([torch.full((len(PROMPTS), 3), PAD), PROMPTS], dim=1)  # 3 more columns of left padding
+    wider = torch.cat([replies, torch.full((len(PROMPTS), 5), PAD)], dim=1)  # 5 more columns of right padding
+    seen: list[tuple[int, ...]] = []
+    pol.body.register_forward_pre_hook(lambda module, args: seen.append(tuple(args[0].shape)))
+    ev, plain = pol.evaluate(prompts, wider), pol.evaluate(PROMPTS, replies)
+    assert seen[0] == seen[1] == (len(PROMPTS), PROMPTS.shape[1] + replies.shape[1] - 1)
+    assert ev.log_probs.shape == ev.values.shape == wider.shape
+    torch.testing.assert_close(ev.log_probs[:, :6], plain.log_probs, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(ev.values[:, :6], plain.values)
+    assert (ev.log_probs[:, 6:] == 0).all() and (ev.values[:, 6:] == 0).all()
+    values = pol(prompts, wider, value_only=True)
+    assert values.shape == wider.shape and torch.equal(values, ev.values)
+
+
 def test_reported_entropy_is_exact_on_small_batches_and_an_even_sample_of_large_ones() -> None:
     pol = _policy("gru")
     torch.manual_seed(2)
