@@ -128,7 +128,7 @@ class ForwardEvaluation:
 
 def save_weights(module: nn.Module | dict[str, Tensor], path: str | Path) -> None:
     """``module.state_dict()`` (or a state dict) as safetensors. Tensors that share storage with another (views of
-    one optimiser buffer, tied weights), or are not on the CPU, are copied: safetensors refuses shared ones."""
+    one optimiser buffer, tied weights), are not on the CPU or not contiguous are copied: safetensors refuses them."""
     state = module if isinstance(module, dict) else module.state_dict()
     seen: set[int] = set()
     tensors = {}

@@ -124,6 +124,7 @@ class LMPolicy(ForwardEvaluation, nn.Module):
         return logp, F.pad(values, (0, t - values.shape[1])), real
 
     def _score_trimmed(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """``_score`` of the columns some row uses."""
         p, t = prompts.shape[1], replies.shape[1]
         # position P - 1 + i predicts reply token i, so the last reply token is never an input. Logits only
         # at real reply tokens: replies are right-padded to the longest, and the projection to the vocabulary

@@ -63,11 +63,6 @@ def shard(policy: LMPolicy, device: torch.device) -> None:
     policy._get_fsdp_state()._lazy_init()  # type: ignore[operator]
 
 
-def is_sharded(policy: nn.Module) -> bool:
-    """Whether ``shard`` sharded ``policy``."""
-    return isinstance(policy, FSDPModule)
-
-
 class Gathered:
     """Switches a sharded policy between its two states: gathered (full weights on every process, forward passes
     without collectives: collection, evaluation, the export) and sharded (the update). Every process must make the
