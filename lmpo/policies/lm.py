@@ -120,11 +120,11 @@ class LMPolicy(ForwardEvaluation, nn.Module):
         real = replies != self.pad_id  # (B, T)
         first = int((prompts != self.pad_id).any(0).int().argmax())  # prompts are left-padded
         last = int(real.any(0).cumsum(0).argmax())  # replies right-padded: the last column with a token (0 if none)
-        logp, values, _ = self._score_trimmed(prompts[:, first:], replies[:, :last + 1])
+        logp, values = self._score_trimmed(prompts[:, first:], replies[:, :last + 1])
         return logp, F.pad(values, (0, t - values.shape[1])), real
 
-    def _score_trimmed(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor, Tensor]:
-        """``_score`` of the columns some row uses."""
+    def _score_trimmed(self, prompts: Tensor, replies: Tensor) -> tuple[Tensor, Tensor]:
+        """``_score``'s log-probs and values on the columns some row uses."""
         p, t = prompts.shape[1], replies.shape[1]
         # position P - 1 + i predicts reply token i, so the last reply token is never an input. Logits only
         # at real reply tokens: replies are right-padded to the longest, and the projection to the vocabulary
@@ -138,7 +138,7 @@ class LMPolicy(ForwardEvaluation, nn.Module):
         steps = torch.arange(t, device=ids.device).expand(ids.shape[0], t)[real]  # (N,) reply position
         logp = sampling_logprobs(logits, steps, self.sampling, self.pad_id, self.stop_ids)
         values = self.value_head(hidden[:, p - 1:]).squeeze(-1).float()  # (B, T), float32 under autocast too
-        return logp, values, real
+        return logp, values
 
     # ---------------------------------------------------------------------- the Policy protocol
     def sample(self, obs: Tensor, deterministic: bool = False) -> PolicyStep:

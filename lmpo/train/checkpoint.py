@@ -3,10 +3,9 @@
 Layout: ``<run>/checkpoints/iter_000042/{policy.safetensors, state.pt}`` (and ``dcp/``, FSDP's shards of the
 weights and optimiser, under ``train.fsdp``) and ``<run>/checkpoints/latest`` naming the newest. Files are written
 into a hidden temporary directory, fsynced, and the directory is renamed into place (atomic on POSIX); ``latest`` is
-replaced atomically afterwards. A crash at any point
-leaves the previous checkpoint intact and at most a ``.tmp-*`` directory, which only the writer removes (on
-its next start): readers never touch the files of a run that may be live, and retry when rotation removes
-the checkpoint they were reading.
+replaced atomically afterwards. A crash at any point leaves the previous checkpoint intact and at most a ``.tmp-*``
+directory, which only the writer removes (on its next start): readers never touch the files of a run that may be
+live, and retry when rotation removes the checkpoint they were reading.
 """
 
 from __future__ import annotations
@@ -65,7 +64,7 @@ def _write(path: Path, data: bytes) -> None:
 
 def staging_dir(ckpt_dir: Path, iteration: int) -> Path:
     """The empty hidden directory where checkpoint ``iteration`` is written before it is renamed into place; other
-    processes may write their parts there (FSDP's shards) before ``save_checkpoint(..., staged=True)``."""
+    processes may write their parts there (FSDP's shards) before ``save_checkpoint(..., staged=<it>)``."""
     ckpt_dir.mkdir(parents=True, exist_ok=True)
     tmp = ckpt_dir / f".tmp-iter_{iteration:07d}"
     if tmp.exists():
@@ -75,13 +74,13 @@ def staging_dir(ckpt_dir: Path, iteration: int) -> Path:
 
 
 def save_checkpoint(ckpt_dir: Path, iteration: int, model: nn.Module | dict[str, Tensor], state: dict[str, Any],
-                    keep: int, staged: bool = False) -> Path:
+                    keep: int, staged: Path | None = None) -> Path:
     """Write ``model``'s weights (or a state dict; safetensors) and ``state`` (optimiser, RNG, envs) atomically,
-    with whatever was ``staged`` in ``staging_dir`` beforehand."""
+    with what was written beforehand in ``staged`` (this checkpoint's ``staging_dir``)."""
     global _saves
     _saves += 1
     name = f"iter_{iteration:07d}"
-    tmp = ckpt_dir / f".tmp-{name}" if staged else staging_dir(ckpt_dir, iteration)
+    tmp = staged or staging_dir(ckpt_dir, iteration)
     save_weights(model, tmp / "policy.safetensors")
     _fsync_path(tmp / "policy.safetensors")
     if _saves == _KILL_DURING_SAVE:

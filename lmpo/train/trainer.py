@@ -438,6 +438,7 @@ class Trainer:
         self._saved_iteration = self.iteration
         algo = self.algo.state_dict()
         weights: Any = self.policy
+        staged = None
         if self.cfg.train.fsdp:
             from lmpo.train import sharded
 
@@ -452,7 +453,7 @@ class Trainer:
         state = {"iteration": self.iteration, "next_eval": self.next_eval, "elapsed": self.elapsed,
                  "algo": algo, **mine, "other_ranks": others, "env_steps": self.task.steps}
         return save_checkpoint(self.ckpt_dir, self.iteration, weights, state, self.cfg.train.keep_checkpoints,
-                               staged=self.cfg.train.fsdp)
+                               staged=staged)
 
     def _torch_optimizer(self) -> torch.optim.Optimizer:
         """The ``torch.optim`` optimiser of the algorithm (REINFORCE's and PPO's one Adam)."""
