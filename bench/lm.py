@@ -4,14 +4,16 @@
    (random weights, built here: no download), batch 64, 16 prompt tokens, 48 new tokens, sampling at
    temperature 1, one thread. lmpo's sampler also returns what RL needs (the log-prob of each token under
    the distribution it was sampled from, and the value of each state); ``generate()`` returns tokens only.
-2. The same sampler with its transformer blocks compiled for decoding (``torch.compile``, ``policy.compile:
+2. The same sampler on a Hugging Face Llama (transformers' forward) with lmpo's preallocated KV cache against
+   transformers' own cache, replies of one length and replies that end at <eos>, one thread.
+3. The same sampler with its transformer blocks compiled for decoding (``torch.compile``, ``policy.compile:
    [decode]``) against it run eagerly, on the same model and batch, one thread.
-3. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
+4. The dialogue model's update pass (``evaluate`` forward + backward) with lmpo's own GRU recurrence
    against the same body running PyTorch's ``nn.GRU`` on packed sequences (``torch_kernels=True``, what
    lmpo ran before), on a batch shaped like the main job's (64 replies of 1-64 tokens after prompts of
    5-72), two threads.
 
-    python bench/lm.py [--repeats 5] [--part all|generation|compiled|recurrent]
+    python bench/lm.py [--repeats 5] [--part all|generation|hf-cache|compiled|recurrent]
 """
 
 from __future__ import annotations
@@ -80,6 +82,47 @@ def bench_generation(repeats: int) -> None:
     for k, v in med.items():
         print(f"  {k:13s} {v:9.0f} new tokens/s")
     print(f"  ratio lmpo / transformers: {med['lmpo'] / med['transformers']:.2f}")
+
+
+def bench_hf_cache(repeats: int) -> None:
+    """lmpo's ``generate`` on a Hugging Face model that runs through transformers' forward (a Llama) with lmpo's
+    preallocated cache against transformers' own ``DynamicCache``: replies of one length (what writing in place
+    saves), and replies that end at <eos> (finished rows also leave the batch); the same draws, the same tokens."""
+    torch.set_num_threads(1)
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from lmpo.policies import generate
+    from lmpo.policies.hf import HFCausalLM
+
+    torch.manual_seed(0)
+    vocab = 4096
+    cfg = LlamaConfig(vocab_size=vocab, hidden_size=256, intermediate_size=1024, num_hidden_layers=4,
+                      num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512)
+    model = LlamaForCausalLM(cfg).eval()
+    with torch.no_grad():  # <eos> (id 2) likely from some states and not others: replies of many lengths
+        model.lm_head.weight[2] *= 40
+    lengths = torch.randint(4, PROMPT + 1, (BATCH,))
+    prompts = torch.randint(3, vocab, (BATCH, PROMPT)).masked_fill(torch.arange(PROMPT) < PROMPT - lengths[:, None], 0)
+    ours, own = HFCausalLM(model), HFCausalLM(model)
+    own.preallocate = False
+    print(f"Llama 4x256 (transformers' forward), vocab {vocab}; batch {BATCH}, prompts of 4-{PROMPT} tokens, sampling, "
+          f"1 thread; median of {repeats}")
+    for name, sampling in (("replies of 192 tokens", SamplingConfig(temperature=1.0, min_new_tokens=192,
+                                                                     max_new_tokens=192)),
+                           ("replies ending at <eos>, up to 192", SamplingConfig(temperature=1.0, max_new_tokens=192))):
+        policies = {"lmpo's cache": LMPolicy(ours, 0, 2, sampling),
+                    "transformers' cache": LMPolicy(own, 0, 2, sampling)}
+        replies = []
+        for policy in policies.values():
+            torch.manual_seed(1)
+            replies.append(generate(policy, prompts))
+        assert torch.equal(replies[0].tokens, replies[1].tokens), "the two caches decoded different replies"
+        n = replies[0].mask.sum(1)
+        med = interleaved({k: (lambda p=p: int(generate(p, prompts).mask.sum())) for k, p in policies.items()}, repeats)
+        rates = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
+        ratio = med["lmpo's cache"] / med["transformers' cache"]
+        print(f"  {name} (mean {float(n.mean()):.0f}, {int(n.min())}-{int(n.max())}): {rates} new tokens/s; "
+              f"ratio {ratio:.2f}")
 
 
 def bench_compiled(repeats: int) -> None:
@@ -194,10 +237,12 @@ def bench_recurrent(repeats: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--part", choices=["all", "generation", "compiled", "recurrent"], default="all")
+    parser.add_argument("--part", choices=["all", "generation", "hf-cache", "compiled", "recurrent"], default="all")
     args = parser.parse_args()
     if args.part in ("all", "generation"):
         bench_generation(args.repeats)
+    if args.part in ("all", "hf-cache"):
+        bench_hf_cache(args.repeats)
     if args.part in ("all", "compiled"):
         bench_compiled(args.repeats)
     if args.part in ("all", "recurrent"):

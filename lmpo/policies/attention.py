@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any, Protocol, runtime_checkable
 
 import torch
 import torch.nn.functional as F
@@ -50,6 +51,19 @@ def attend(q: Tensor, k: Tensor, v: Tensor, bias: Tensor, dropout: float) -> Ten
         att = ((q @ k.transpose(-2, -1)) / math.sqrt(k.shape[-1]) + bias).softmax(-1, dtype=torch.float32)
         return F.dropout(att.to(v.dtype), dropout, dropout > 0) @ v
     return F.scaled_dot_product_attention(q, k, v, attn_mask=bias, dropout_p=dropout)
+
+
+@runtime_checkable
+class RowKV(Protocol):
+    """A KV cache that rows can leave and join, and whose leading columns can be cut: ``StaticKV``, and
+    ``hf_cache.PreallocatedCache`` for Hugging Face models that lmpo does not run itself."""
+
+    @staticmethod
+    def stack(parts: Sequence[tuple[Any, int, int, Tensor | None]], room: int = 64) -> Any:
+        """The parts' rows in turn as one cache (see ``StaticKV.stack``)."""
+
+    def row(self, index: int, columns: Tensor) -> Any:
+        """Row ``index``'s cache at ``columns`` only."""
 
 
 class StaticKV:

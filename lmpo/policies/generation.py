@@ -14,7 +14,7 @@ import torch
 from torch import Tensor
 
 from lmpo.core import Rollout
-from lmpo.policies.attention import StaticKV
+from lmpo.policies.attention import RowKV
 from lmpo.policies.sampling import SamplingConfig, sample_categorical, sampling_logprobs
 
 if TYPE_CHECKING:  # lm.py imports this module
@@ -41,9 +41,9 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
 
 
 def regroupable(cache: Any) -> bool:
-    """Whether rows can leave and join a batch decoding with ``cache``: lmpo's KV cache and recurrent states
-    (a Hugging Face model's own cache cannot)."""
-    return isinstance(cache, StaticKV | Tensor) or (isinstance(cache, tuple) and all(isinstance(c, Tensor)
+    """Whether rows can leave and join a batch decoding with ``cache``: lmpo's KV caches and recurrent states
+    (transformers' own cache, which models with sliding windows or linear attention keep, cannot)."""
+    return isinstance(cache, RowKV | Tensor) or (isinstance(cache, tuple) and all(isinstance(c, Tensor)
                                                                                      for c in cache))
 
 
@@ -52,8 +52,8 @@ def cache_stack(parts: Sequence[tuple[Any, int, int, Tensor | None]]) -> Any:
     ``rows`` (None: all), right-aligned at the longest span (a recurrent state has no positions). Finished rows
     leave a batch this way, and so do columns that have become padding for every row left."""
     first = parts[0][0]
-    if isinstance(first, StaticKV):
-        return StaticKV.stack(parts)
+    if isinstance(first, RowKV):
+        return first.stack(parts)
     if isinstance(first, Tensor):  # (layers, B, H)
         return torch.cat([c if rows is None else c[:, rows] for c, _, _, rows in parts], 1)
     picked = [c if rows is None else tuple(x[:, rows] for x in c) for c, _, _, rows in parts]
@@ -62,8 +62,8 @@ def cache_stack(parts: Sequence[tuple[Any, int, int, Tensor | None]]) -> Any:
 
 def cache_row(cache: Any, index: int, mask: Tensor) -> Any | None:
     """Row ``index``'s cache over its real tokens (``mask (L,)``), to go on from later; None where a cache cannot
-    (a recurrent state, a Hugging Face model's own cache)."""
-    return cache.row(index, mask.nonzero().squeeze(1)) if isinstance(cache, StaticKV) else None
+    (a recurrent state, transformers' own cache)."""
+    return cache.row(index, mask.nonzero().squeeze(1)) if isinstance(cache, RowKV) else None
 
 
 SYNC_EVERY = 8  # decoding steps between looks at which rows are done on a GPU (each look waits for it)
@@ -119,7 +119,7 @@ def generate(policy: LMPolicy, prompts: Tensor, settings: SamplingConfig | None 
                     break
                 if leave and finished >= max(1, rows.numel() // 4):
                     keep = (~done[rows]).nonzero().squeeze(1)
-                    first = int(mask[keep].any(0).int().argmax()) if isinstance(cache, StaticKV) else 0
+                    first = int(mask[keep].any(0).int().argmax()) if isinstance(cache, RowKV) else 0
                     cache = cache_stack([(cache, first, mask.shape[1] - 1, keep)])
                     rows, tok, mask = rows[keep], tok[keep], mask[keep, first:]
             if use_cache:

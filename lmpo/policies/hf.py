@@ -30,13 +30,24 @@ def _native_gpt2(model: nn.Module) -> bool:
             and getattr(cfg, "scale_attn_weights", True))
 
 
+def _preallocated_cache(config: Any) -> Any:
+    """An empty ``hf_cache.PreallocatedCache`` for a model of ``config``; None where it does not fit the model, or the
+    installed transformers predates the layered ``Cache`` it plugs into."""
+    try:
+        from lmpo.policies.hf_cache import PreallocatedCache
+    except ImportError:
+        return None
+    return PreallocatedCache.for_config(config)
+
+
 class HFCausalLM(nn.Module):
     """Adapter from ``(ids, mask, cache)`` to a transformers causal LM; positions count real tokens only.
 
     GPT-2-architecture models run through ``_gpt2_forward``: the model's own modules (embeddings, layer
     norms, projections, MLPs, head) with lmpo's attention and ``StaticKV`` cache — the same function of
     the same parameters, about 1.5x faster to decode on CPU, and twice differentiable (TRPO). Its MLP
-    computes GPT-2's tanh GELU with PyTorch's fused kernel (equal to float rounding).
+    computes GPT-2's tanh GELU with PyTorch's fused kernel (equal to float rounding). Other models decode with
+    ``hf_cache.PreallocatedCache`` where all their layers are full attention, else with transformers' own cache.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -52,6 +63,8 @@ class HFCausalLM(nn.Module):
         # GPT-2's "gelu_new" is the tanh GELU written as seven elementwise ops; PyTorch's kernel is one
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
+        # lmpo's preallocated cache where transformers has the interface (from 4.56) and the model only full attention
+        self.preallocate = _preallocated_cache(config) is not None
         self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
         self.compile_passes: frozenset[str] = frozenset()  # passes whose blocks run compiled (``compile_blocks``)
 
@@ -65,6 +78,8 @@ class HFCausalLM(nn.Module):
         if isinstance(keep, Tensor):  # the model's head on the columns from the first kept one, then select
             last = keep.shape[1] - int(keep.any(0).int().argmax())
         scoring = cache is None and torch.is_grad_enabled()  # a training pass: no cache to keep
+        if cache is None and not scoring and self.preallocate:
+            cache = _preallocated_cache(self.model.config)
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=not scoring,
                          output_hidden_states=True, **{self._cache_name: cache},
                          **({"logits_to_keep": last} if last else {}))

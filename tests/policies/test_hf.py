@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from transformers import AutoModelForCausalLM, GPT2Config, GPT2LMHeadModel
+from transformers import AutoModelForCausalLM, DynamicCache, GPT2Config, GPT2LMHeadModel
 
 from lmpo.algorithms import PPO, TRPO
 from lmpo.config import PPOConfig, TRPOConfig
@@ -14,7 +14,9 @@ from lmpo.core import estimate_advantages
 from lmpo.data import dialogue_texts, encode_prompt, load_chatterbot, train_tokenizer
 from lmpo.data.corpus import Turn
 from lmpo.policies.generation import generate, to_rollout
-from lmpo.policies.hf import load_hf_policy, save_hf_policy
+from lmpo.policies.hf import HFCausalLM, load_hf_policy, save_hf_policy
+from lmpo.policies.hf_cache import PreallocatedCache
+from lmpo.policies.lm import LMPolicy
 from lmpo.policies.sampling import SamplingConfig
 
 
@@ -117,6 +119,63 @@ def test_native_gpt2_forward_equals_transformers(tiny_dir: Path) -> None:
     real = mask.unsqueeze(-1)
     assert torch.allclose(ours * real, ref * real, atol=1e-5)
     assert torch.allclose(hidden * real, ref_hidden * real, atol=1e-5)
+
+
+def _random_model(arch: str) -> torch.nn.Module:
+    """A random two-layer model of ``arch``, vocabulary 64, whose <eos> (id 2) is likely from some states only."""
+    import transformers
+
+    common = {"vocab_size": 64, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
+    sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
+             "num_key_value_heads": 2, "max_position_embeddings": 128}
+    torch.manual_seed(0)
+    if arch == "gpt2":
+        model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common))
+    else:  # a Mistral with a sliding window of 4 tokens: a layer kind lmpo's cache leaves to transformers
+        name = {"llama": "Llama", "mistral": "Mistral"}[arch]
+        extra = {"sliding_window": 4} if arch == "mistral" else {}
+        config = getattr(transformers, f"{name}Config")(**common, **sizes, **extra)
+        model = getattr(transformers, f"{name}ForCausalLM")(config)
+    with torch.no_grad():
+        model.get_input_embeddings().weight[2] *= 8
+        model.get_output_embeddings().weight[2] *= 8
+    return model.eval()
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])
+def test_hf_models_decode_with_a_preallocated_cache_that_finished_rows_leave(arch: str) -> None:
+    """Models that run through transformers' forward (GPT-2's too under FSDP) decode with lmpo's cache: written in
+    place, finished rows leave the batch, and the replies are those decoded without a cache. A model with sliding
+    windows keeps transformers' own cache, which rows cannot leave, and decodes the same replies."""
+    body = HFCausalLM(_random_model(arch))
+    body.native = False  # GPT-2 as under FSDP
+    policy = LMPolicy(body, 0, 2, SamplingConfig(temperature=1.0, max_new_tokens=20))
+    lengths = torch.randint(2, 9, (16,))
+    prompts = torch.randint(3, 64, (16, 8)).masked_fill(torch.arange(8) < 8 - lengths.unsqueeze(1), 0)
+    sizes: list[int] = []
+    caches: list[object] = []
+
+    def seen(module: torch.nn.Module, args: tuple, out: tuple) -> None:
+        sizes.append(args[0].shape[0])
+        caches.append(out[2])
+
+    hook = body.register_forward_hook(seen)
+    torch.manual_seed(1)
+    left = generate(policy, prompts)
+    hook.remove()
+    torch.manual_seed(1)
+    whole = generate(policy, prompts, use_cache=False)
+    assert len(set(whole.mask.sum(1).tolist())) > 3  # replies of many lengths
+    assert torch.equal(left.tokens, whole.tokens)
+    torch.testing.assert_close(left.logprobs, whole.logprobs, rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(left.values, whole.values, rtol=1e-4, atol=1e-5)
+    own = arch == "mistral"
+    assert body.preallocate == (not own)
+    assert all(isinstance(c, DynamicCache if own else PreallocatedCache) for c in caches)
+    assert (min(sizes) == 16) == own  # finished rows left the batch, except from transformers' cache
+    if not own:  # between the steps where rows left, every step wrote into the same buffers
+        buffers = [(c.layers[0].kv.k.data_ptr(), s) for c, s in zip(caches, sizes, strict=True)]
+        assert len({ptr for ptr, _ in buffers}) == len(set(sizes))
 
 
 def test_a_tokenizer_without_pad_gets_its_own(tmp_path: Path) -> None:

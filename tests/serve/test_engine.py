@@ -21,6 +21,7 @@ from lmpo.envs.support import Support, SupportSettings
 from lmpo.envs.text import MAX_TOOL_CALLS
 from lmpo.policies import GPT, GPTConfig, LMPolicy, SamplingConfig, generate
 from lmpo.policies.generation import cache_row, left_pad
+from lmpo.policies.hf import HFCausalLM
 from lmpo.serve import FeedbackStore, ServeSettings, create_app
 from lmpo.serve.engine import Choice, Engine, Event, Kept, Row, Sampling, ServedModel
 from lmpo.serve.worker import EngineProcess, ModelSource
@@ -146,11 +147,33 @@ def tiny_gpt(model: ServedModel) -> ServedModel:
                                max_positions=256)
 
 
-@pytest.mark.parametrize("kind", ["gru", "gpt"])
+def tiny_llama(model: ServedModel) -> ServedModel:
+    """The tiny run's tokenizer and chat format with a random two-layer Hugging Face Llama (grouped-query attention):
+    lmpo's cache behind transformers' interface."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    p = model.policy
+    cfg = LlamaConfig(vocab_size=p.body.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
+    llama = LlamaForCausalLM(cfg)
+    with torch.no_grad():  # as tiny_gpt's: every reply token depends on the whole context
+        for w in llama.parameters():
+            w.mul_(8)
+    body = HFCausalLM(llama)
+    assert body.preallocate
+    return dataclasses.replace(model, policy=LMPolicy(body, p.pad_id, p.eos_id, stop_ids=p.stop_ids).eval(),
+                               max_positions=256)
+
+
+SERVED = {"gpt": tiny_gpt, "llama": tiny_llama}
+
+
+@pytest.mark.parametrize("kind", ["gru", "gpt", "llama"])
 def test_rows_joining_and_leaving_a_batch_decode_what_generate_decodes(model: ServedModel, kind: str) -> None:
     """Greedy replies of choices that join a running batch at different steps (prompts of different lengths) and
     leave it at different steps are the replies ``generate`` gives each prompt alone."""
-    served = model if kind == "gru" else tiny_gpt(model)
+    served = model if kind == "gru" else SERVED[kind](model)
     lines = ["Hello", "How are you doing today, my friend?", "Hi", "What is the weather like where you live?", "Yo"]
     lengths = [24, 5, 17, 9, 30]
     sizes: list[int] = []
@@ -188,13 +211,14 @@ def test_rows_joining_and_leaving_a_batch_decode_what_generate_decodes(model: Se
         assert choice.reply == alone, line
 
 
-def test_a_reply_goes_on_after_its_lookups_from_what_it_had_read(model: ServedModel,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
+def test_a_reply_goes_on_after_its_lookups_from_what_it_had_read(model: ServedModel, monkeypatch: pytest.MonkeyPatch,
+                                                                 kind: str) -> None:
     """After a lookup, a reply's next pass reads only what follows what the model had read (its cache is kept), and
     decodes what reading the whole conversation afresh decodes: greedy replies with two lookups each, in a batch
     where rows join and leave, equal ``generate`` on each pass's whole prompt."""
     result = Turn("tool", "Widget | price: 3 EUR")
-    served = dataclasses.replace(tiny_gpt(model), tool=lambda reply: result, tool_call_start=None)
+    served = dataclasses.replace(SERVED[kind](model), tool=lambda reply: result, tool_call_start=None)
     read_on: list[int] = []
     original = Engine._read_on
 
@@ -224,19 +248,23 @@ def test_a_reply_goes_on_after_its_lookups_from_what_it_had_read(model: ServedMo
         assert choice.reply == calls[-1], line
 
 
+@pytest.mark.parametrize("kind", ["gpt", "llama"])
 @torch.no_grad()
-def test_reading_on_from_a_kept_cache_gives_what_reading_afresh_gives(model: ServedModel) -> None:
+def test_reading_on_from_a_kept_cache_gives_what_reading_afresh_gives(model: ServedModel, kind: str) -> None:
     """Rows that go on from kept caches of different lengths, with new text of different lengths (left-padded after
     their caches), get the next-token logits of their whole prompts read afresh."""
-    served = tiny_gpt(model)
+    served = SERVED[kind](model)
     enc = served.tokenizer
     calls = ["[lookup: price of Widget]", "[lookup: delivery of the Golden Brass Backpack]", "[lookup: x]"]
     lines = ["Hello", "How are you doing today, my friend?", "Hi"]
+    befores = [served.chat.opening([Turn("user", line)]) + enc.encode(call, add_special_tokens=False)
+               for line, call in zip(lines, calls, strict=True)]
+    # read in one left-padded batch: each row's kept cache is its own real tokens only
+    read = Engine._read(served, [Row(Choice([], Sampling(), lambda ev: None), b) for b in befores])
+    assert len(set(map(len, befores))) == len(befores)
     rows, kept = [], []
-    for line, call in zip(lines, calls, strict=True):
-        before = served.chat.opening([Turn("user", line)]) + enc.encode(call, add_special_tokens=False)
-        read = Engine._read(served, [Row(Choice([], Sampling(), lambda ev: None), before)])
-        kept.append(Kept(served, before, cache_row(read.cache, 0, read.mask[0])))
+    for i, (line, call, before) in enumerate(zip(lines, calls, befores, strict=True)):
+        kept.append(Kept(served, before, cache_row(read.cache, i, read.mask[i])))
         result = Turn("tool", "Widget | price: 3 EUR. " * (1 + len(line) % 3))
         history = [Turn("user", line), Turn("assistant", call), result]
         rows.append(Row(Choice(history, Sampling(), lambda ev: None), served.chat.opening(history)))
