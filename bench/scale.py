@@ -22,8 +22,9 @@ the first and last five updates, and the sampled reward before and after on trai
 ``--part fsdp``: memory of ``--processes`` processes under torchrun training a Hugging Face GPT-2 built here
 (``--width``, ``--layers``; random weights, no pre-training) with PPO on the prompt set, data-parallel (DDP: every
 process holds the weights, gradients and Adam's moments whole) and sharded (``train.fsdp``: each holds 1/N of them,
-and the whole weights while it collects). Each process's peak resident memory and its rise over the process's memory
-once its libraries are imported; the replies per second of both.
+and the whole weights while it collects), each without and with LoRA adapters (r=16; the reference is the network
+with its adapters off). Each process's peak resident memory and its rise over the process's memory once its
+libraries are imported; the replies per second of each.
 
 ``--part mfu``: model FLOP utilisation of the main job's update step (PPO's epochs of minibatch forward and
 backward passes and optimiser steps): FLOPs counted by PyTorch's ``FlopCounterMode`` on the rollout whose update
@@ -167,13 +168,18 @@ def fsdp(args: argparse.Namespace) -> None:
               "advantage: {estimator: returns, gamma: 1.0, baseline: group, group_std: false, whiten: false}}"]
     print("\n| setup | peak RSS per process, ranks 0, 1, ... (MiB) | rise over libraries (MiB) | replies/s |")
     print("|---|---|---|---|")
-    rises = []
-    for i, (label, extra) in enumerate([("DDP", []), ("FSDP (train.fsdp)", ["train.fsdp=true"])]):
+    lora = ["policy.lora={r: 16, alpha: 32}", "algo.lr=0.0005"]
+    setups = {"DDP": [], "FSDP (train.fsdp)": ["train.fsdp=true"], "DDP, LoRA r=16": lora,
+              "FSDP, LoRA r=16": ["train.fsdp=true", *lora]}
+    peak: dict[str, float] = {}
+    for i, (label, extra) in enumerate(setups.items()):
         peaks = peak_memory([*common, f"name=run{i}", *extra], args.processes)
-        rises.append(max(r for _, r in peaks))
+        peak[label] = max(p for p, _ in peaks)
         print(f"| {label} | {', '.join(f'{p:.0f}' for p, _ in peaks)} | {', '.join(f'{r:.0f}' for _, r in peaks)} | "
               f"{measure(tmp / f'run{i}')['steps_per_s']:.2f} |")
-    print(f"\nFSDP / DDP: rise {rises[1] / rises[0]:.2f}x (the larger process of each)")
+    print(f"\npeak of the larger process: FSDP / DDP {peak['FSDP (train.fsdp)'] / peak['DDP']:.2f}x; with LoRA, "
+          f"FSDP / DDP {peak['FSDP, LoRA r=16'] / peak['DDP, LoRA r=16']:.2f}x; FSDP with LoRA / DDP without "
+          f"{peak['FSDP, LoRA r=16'] / peak['DDP']:.2f}x")
     shutil.rmtree(tmp, ignore_errors=True)
 
 

@@ -311,7 +311,8 @@ class TrainConfig(Section):
     fsdp: bool = Field(
         False, description="hf policies under torchrun: shard weights, gradients and Adam's state across the processes "
         "during updates (FSDP2), gathered for collection and evaluation; checkpoints in torch.distributed.checkpoint "
-        "format, which resume on any number of processes. Not with TRPO or policy.lora/compile.")
+        "format, which resume on any number of processes. With policy.lora the frozen base weights are sharded "
+        "too. Not with TRPO or policy.compile.")
     runs_dir: str = Field("runs", description="Parent directory of run directories.")
     loggers: list[Literal["tensorboard", "wandb"]] = Field(
         ["tensorboard"], description="Where metrics go besides metrics.jsonl (always written): TensorBoard "
@@ -372,8 +373,8 @@ class Config(Section):
             problem = "is for hf policies (policy.kind 'hf')"
         elif self.algo.name == "trpo":
             problem = "cannot serve TRPO (its Fisher-vector products differentiate twice through the sharded model)"
-        elif self.policy.lora is not None or self.policy.compile:
-            problem = "does not combine with policy.lora or policy.compile"
+        elif self.policy.compile:
+            problem = "does not combine with policy.compile"
         elif self.algo.optimizer == "flat_adam":
             problem = "needs algo.optimizer 'adam' or 'auto' (flat_adam re-homes the weights FSDP shards)"
         if problem:

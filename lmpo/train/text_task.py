@@ -203,6 +203,9 @@ class TextTask:
         """An hf run's ``save_pretrained`` export (model, tokenizer and value head) in ``<run>/hf`` (of ``weights``,
         the policy's gathered from its FSDP shards, when given)."""
         if self.cfg.policy.kind == "hf" and self.cfg.policy.lora is not None:
+            if weights is not None:  # peft saves and merges a whole model: an unsharded copy of the sharded one
+                policy = self.build_policy()
+                policy.load_state_dict(weights)
             save_lora_export(policy, self.tokenizer, self.run_dir / HF_EXPORT)
         elif self.cfg.policy.kind == "hf":
             from lmpo.policies.hf import save_hf_policy

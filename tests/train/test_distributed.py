@@ -65,11 +65,14 @@ def fsdp_text(model: Path, runs: Path) -> list[str]:
 
 
 @pytest.mark.parametrize("algo", [[], ["algo.name=ppo", "algo.epochs=2", "algo.batch_size=8", "train.eval_every=16",
-                                       "policy.gradient_checkpointing=true"]], ids=["reinforce", "ppo"])
+                                       "policy.gradient_checkpointing=true"],
+                                  ["algo.name=ppo", "algo.epochs=2", "algo.batch_size=8", "policy.lora.r=4",
+                                   "text.pretrain.epochs=0"]], ids=["reinforce", "ppo", "ppo-lora"])
 def test_fsdp_on_two_processes_updates_as_one_process_does(tmp_path: Path, tiny_hf: Path, algo: list[str],
                                                            monkeypatch: pytest.MonkeyPatch) -> None:
-    """FSDP2 (weights, gradients and Adam's state sharded over 2 gloo processes) gives one process's updates on the
-    same global batch, and exports the gathered model."""
+    """FSDP2 (weights, gradients and Adam's state sharded over 2 gloo processes; with LoRA, the frozen base weights
+    and the adapters) gives one process's updates on the same global batch, and exports the gathered model (a LoRA
+    run: its adapter in peft's format, and merged)."""
     monkeypatch.chdir(ROOT)  # the recipe names its reward file relative to the repository
     run = replay_two_processes_in_one(tmp_path, str(ROOT / "configs" / "prompts-example.yaml"),
                                       [*fsdp_text(tiny_hf, tmp_path / "runs"), *algo], cwd=ROOT)
@@ -80,6 +83,18 @@ def test_fsdp_on_two_processes_updates_as_one_process_does(tmp_path: Path, tiny_
 
     weights = load_file(checkpoint / "policy.safetensors")  # the gathered weights, whole
     exported = AutoModelForCausalLM.from_pretrained(run / "hf")
+    if "policy.lora.r=4" in algo:  # the trained adapter in peft's format, and the model with it merged
+        from peft import PeftModel
+
+        adapted = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_hf), run / "hf" / "adapter")
+        trained = [k for k in weights if ".lora_B." in k]
+        assert trained and any(bool(weights[k].abs().sum() > 0) for k in trained)  # (lora_B starts at zero)
+        for key, value in adapted.state_dict().items():
+            assert torch.equal(value, weights[f"body.model.{key}"]), key
+        merged = adapted.merge_and_unload().state_dict()
+        for key, value in exported.state_dict().items():
+            torch.testing.assert_close(value, merged[key], msg=key)
+        return
     for key, value in exported.state_dict().items():
         assert torch.equal(value, weights[f"body.model.{key}"]), key
 
@@ -216,7 +231,7 @@ def test_a_non_finite_weight_in_one_shard_stops_every_process(tmp_path: Path, ti
 @pytest.mark.parametrize(("overrides", "message"), [
     (["policy.kind=gru"], "is for hf policies"),
     (["algo.name=trpo"], "cannot serve TRPO"),
-    (["policy.compile=[decode]"], "does not combine with policy.lora or policy.compile"),
+    (["policy.compile=[decode]"], "does not combine with policy.compile"),
     (["algo.optimizer=flat_adam"], "needs algo.optimizer 'adam' or 'auto'"),
     (["env.id=CartPole-v1", "policy.kind=mlp", "text=null"], "are for language-model policies"),
 ])
