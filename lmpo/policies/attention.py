@@ -63,7 +63,7 @@ class RowKV(Protocol):
         """The parts' rows in turn as one cache (see ``StaticKV.stack``)."""
 
     def row(self, index: int, columns: Tensor) -> Any:
-        """Row ``index``'s cache at ``columns`` only."""
+        """Row ``index``'s cache at ``columns`` only (None where it cannot be gone on from)."""
 
 
 class StaticKV:

@@ -42,7 +42,7 @@ def left_pad(rows: list[list[int]], pad_id: int, device: torch.device | str = "c
 
 def regroupable(cache: Any) -> bool:
     """Whether rows can leave and join a batch decoding with ``cache``: lmpo's KV caches and recurrent states
-    (transformers' own cache, which models with sliding windows or linear attention keep, cannot)."""
+    (transformers' own cache, which models with linear-attention or recurrent layers keep, cannot)."""
     return isinstance(cache, RowKV | Tensor) or (isinstance(cache, tuple) and all(isinstance(c, Tensor)
                                                                                      for c in cache))
 
@@ -62,7 +62,7 @@ def cache_stack(parts: Sequence[tuple[Any, int, int, Tensor | None]]) -> Any:
 
 def cache_row(cache: Any, index: int, mask: Tensor) -> Any | None:
     """Row ``index``'s cache over its real tokens (``mask (L,)``), to go on from later; None where a cache cannot
-    (a recurrent state, transformers' own cache)."""
+    (a recurrent state, transformers' own cache, a cache with sliding windows)."""
     return cache.row(index, mask.nonzero().squeeze(1)) if isinstance(cache, RowKV) else None
 
 

@@ -30,16 +30,6 @@ def _native_gpt2(model: nn.Module) -> bool:
             and getattr(cfg, "scale_attn_weights", True))
 
 
-def _preallocated_cache(config: Any) -> Any:
-    """An empty ``hf_cache.PreallocatedCache`` for a model of ``config``; None where it does not fit the model, or the
-    installed transformers predates the layered ``Cache`` it plugs into."""
-    try:
-        from lmpo.policies.hf_cache import PreallocatedCache
-    except ImportError:
-        return None
-    return PreallocatedCache.for_config(config)
-
-
 class HFCausalLM(nn.Module):
     """Adapter from ``(ids, mask, cache)`` to a transformers causal LM; positions count real tokens only.
 
@@ -63,8 +53,9 @@ class HFCausalLM(nn.Module):
         # GPT-2's "gelu_new" is the tanh GELU written as seven elementwise ops; PyTorch's kernel is one
         tanh_gelu = getattr(config, "activation_function", None) in ("gelu_new", "gelu_pytorch_tanh")
         self._gelu: Any = partial(F.gelu, approximate="tanh") if tanh_gelu else None
-        # lmpo's preallocated cache where transformers has the interface (from 4.56) and the model only full attention
-        self.preallocate = _preallocated_cache(config) is not None
+        # decode with lmpo's cache in place of transformers' own (None: not yet known; ``_new_cache`` finds out)
+        self.preallocate: bool | None = None
+        self._empty_cache: Any = None
         self.checkpointing = False  # recompute each block's activations in backward (``checkpoint_blocks``)
         self.compile_passes: frozenset[str] = frozenset()  # passes whose blocks run compiled (``compile_blocks``)
 
@@ -78,13 +69,26 @@ class HFCausalLM(nn.Module):
         if isinstance(keep, Tensor):  # the model's head on the columns from the first kept one, then select
             last = keep.shape[1] - int(keep.any(0).int().argmax())
         scoring = cache is None and torch.is_grad_enabled()  # a training pass: no cache to keep
-        if cache is None and not scoring and self.preallocate:
-            cache = _preallocated_cache(self.model.config)
+        if cache is None and not scoring and self.preallocate is not False:
+            cache = self._new_cache(ids.device)
         out = self.model(input_ids=ids, attention_mask=mask.long(), position_ids=positions, use_cache=not scoring,
                          output_hidden_states=True, **{self._cache_name: cache},
                          **({"logits_to_keep": last} if last else {}))
         logits = out.logits[keep[:, -int(last):]] if isinstance(keep, Tensor) else out.logits
         return logits.float(), out.hidden_states[-1], getattr(out, self._cache_name)
+
+    def _new_cache(self, device: torch.device) -> Any:
+        """An empty ``hf_cache.PreallocatedCache`` to decode with; None where the model keeps its own cache, or the
+        installed transformers predates the layered ``Cache`` (4.56) that lmpo's plugs into."""
+        if self.preallocate is None:
+            try:
+                from lmpo.policies.hf_cache import probe
+            except ImportError:
+                self.preallocate = False
+                return None
+            self._empty_cache = probe(self.model, self._cache_name, device)
+            self.preallocate = self._empty_cache is not None
+        return self._empty_cache.empty() if self.preallocate else None
 
     def _gpt2_forward(self, ids: Tensor, mask: Tensor, cache: StaticKV | None,
                       keep: int | Tensor) -> tuple[Tensor, Tensor, Any]:

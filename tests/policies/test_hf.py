@@ -13,7 +13,7 @@ from lmpo.config import PPOConfig, TRPOConfig
 from lmpo.core import estimate_advantages
 from lmpo.data import dialogue_texts, encode_prompt, load_chatterbot, train_tokenizer
 from lmpo.data.corpus import Turn
-from lmpo.policies.generation import generate, to_rollout
+from lmpo.policies.generation import cache_row, generate, to_rollout
 from lmpo.policies.hf import HFCausalLM, load_hf_policy, save_hf_policy
 from lmpo.policies.hf_cache import PreallocatedCache
 from lmpo.policies.lm import LMPolicy
@@ -128,12 +128,15 @@ def _random_model(arch: str) -> torch.nn.Module:
     common = {"vocab_size": 64, "bos_token_id": 1, "eos_token_id": 2, "pad_token_id": 0}
     sizes = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4,
              "num_key_value_heads": 2, "max_position_embeddings": 128}
+    extra: dict[str, object] = {
+        "mistral": {"sliding_window": 4},  # every layer attends to the last 4 positions only
+        "minimax": {"head_dim": 8, "num_local_experts": 2, "num_experts_per_tok": 1},  # linear attention in layer 0
+    }.get(arch, {})
     torch.manual_seed(0)
     if arch == "gpt2":
         model = GPT2LMHeadModel(GPT2Config(n_embd=32, n_layer=2, n_head=2, n_positions=128, **common))
-    else:  # a Mistral with a sliding window of 4 tokens: a layer kind lmpo's cache leaves to transformers
-        name = {"llama": "Llama", "mistral": "Mistral"}[arch]
-        extra = {"sliding_window": 4} if arch == "mistral" else {}
+    else:
+        name = {"llama": "Llama", "mistral": "Mistral", "minimax": "MiniMax"}[arch]
         config = getattr(transformers, f"{name}Config")(**common, **sizes, **extra)
         model = getattr(transformers, f"{name}ForCausalLM")(config)
     with torch.no_grad():
@@ -142,11 +145,12 @@ def _random_model(arch: str) -> torch.nn.Module:
     return model.eval()
 
 
-@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral"])
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "mistral", "minimax"])
 def test_hf_models_decode_with_a_preallocated_cache_that_finished_rows_leave(arch: str) -> None:
     """Models that run through transformers' forward (GPT-2's too under FSDP) decode with lmpo's cache: written in
-    place, finished rows leave the batch, and the replies are those decoded without a cache. A model with sliding
-    windows keeps transformers' own cache, which rows cannot leave, and decodes the same replies."""
+    place, finished rows leave the batch, and the replies are those decoded without a cache, sliding windows
+    included. A model with linear-attention layers keeps transformers' own cache, which rows cannot leave, and
+    decodes the same replies."""
     body = HFCausalLM(_random_model(arch))
     body.native = False  # GPT-2 as under FSDP
     policy = LMPolicy(body, 0, 2, SamplingConfig(temperature=1.0, max_new_tokens=20))
@@ -169,13 +173,21 @@ def test_hf_models_decode_with_a_preallocated_cache_that_finished_rows_leave(arc
     assert torch.equal(left.tokens, whole.tokens)
     torch.testing.assert_close(left.logprobs, whole.logprobs, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(left.values, whole.values, rtol=1e-4, atol=1e-5)
-    own = arch == "mistral"
+    own = arch == "minimax"
     assert body.preallocate == (not own)
     assert all(isinstance(c, DynamicCache if own else PreallocatedCache) for c in caches)
     assert (min(sizes) == 16) == own  # finished rows left the batch, except from transformers' cache
     if not own:  # between the steps where rows left, every step wrote into the same buffers
         buffers = [(c.layers[0].kv.k.data_ptr(), s) for c, s in zip(caches, sizes, strict=True)]
         assert len({ptr for ptr, _ in buffers}) == len(set(sizes))
+        # a row's cache to go on from later (lmpo serve, after a lookup): not from a windowed one, which would count
+        # the padding between what it read and what it reads next
+        row = cache_row(caches[0], 0, prompts[0] != 0)
+        assert (row is None) == (arch == "mistral")
+    if arch == "mistral":  # the window acts: without it the same weights decode other log-probabilities
+        body.model.config.sliding_window = None
+        torch.manual_seed(1)
+        assert not torch.allclose(generate(policy, prompts, use_cache=False).logprobs, whole.logprobs)
 
 
 def test_a_tokenizer_without_pad_gets_its_own(tmp_path: Path) -> None:

@@ -160,10 +160,8 @@ def tiny_llama(model: ServedModel) -> ServedModel:
     with torch.no_grad():  # as tiny_gpt's: every reply token depends on the whole context
         for w in llama.parameters():
             w.mul_(8)
-    body = HFCausalLM(llama)
-    assert body.preallocate
-    return dataclasses.replace(model, policy=LMPolicy(body, p.pad_id, p.eos_id, stop_ids=p.stop_ids).eval(),
-                               max_positions=256)
+    policy = LMPolicy(HFCausalLM(llama), p.pad_id, p.eos_id, stop_ids=p.stop_ids).eval()
+    return dataclasses.replace(model, policy=policy, max_positions=256)
 
 
 SERVED = {"gpt": tiny_gpt, "llama": tiny_llama}
