@@ -37,7 +37,8 @@ class HFCausalLM(nn.Module):
     norms, projections, MLPs, head) with lmpo's attention and ``StaticKV`` cache — the same function of
     the same parameters, about 1.5x faster to decode on CPU, and twice differentiable (TRPO). Its MLP
     computes GPT-2's tanh GELU with PyTorch's fused kernel (equal to float rounding). Other models decode with
-    ``hf_cache.PreallocatedCache`` where all their layers are full attention, else with transformers' own cache.
+    ``hf_cache.PreallocatedCache`` where their own cache is a ``DynamicCache`` of attention layers (sliding windows
+    included; transformers 4.56 or later), else with their own.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -79,7 +80,8 @@ class HFCausalLM(nn.Module):
 
     def _new_cache(self, device: torch.device) -> Any:
         """An empty ``hf_cache.PreallocatedCache`` to decode with; None where the model keeps its own cache, or the
-        installed transformers predates the layered ``Cache`` (4.56) that lmpo's plugs into."""
+        installed transformers predates 4.56 (the layered ``Cache`` with sliding-window layers that lmpo's plugs
+        into)."""
         if self.preallocate is None:
             try:
                 from lmpo.policies.hf_cache import probe

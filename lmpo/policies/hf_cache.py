@@ -5,8 +5,9 @@ Each attention layer writes its keys and values in place into a ``StaticKV`` gro
 ``DynamicCache`` concatenates the whole cache at every step; and, as with lmpo's own models, finished rows can leave
 a batch, new ones join it and leading columns that are padding for every row be cut (``generation.cache_stack``,
 ``cache_row``). A sliding-window layer keeps every position too: the attention mask, which transformers builds from
-the config, applies the window. Models whose own cache is anything else (linear attention or recurrent layers,
-layers that share another's cache, a cache class of their own) keep it: ``PreallocatedCache.replacing`` says None.
+the config, applies the window (transformers' own cache keeps only the window: past it, this holds more). Models
+whose own cache is anything else (linear attention or recurrent layers, layers that share another's cache, a cache
+class of their own) keep it: ``PreallocatedCache.replacing`` says None.
 """
 
 from __future__ import annotations

@@ -5,8 +5,8 @@ decodes them together with the model's cache, one token per step for every row, 
 top-p, seed, stop strings and token limit. The batch is continuous: a row that ends answers its choice at once and
 leaves the batch, and choices that arrive meanwhile join it between steps (their prompts read in one pass, their
 cache right-aligned with the others'), so a batch never waits for its longest reply and no request waits for a
-batch to end. (transformers' own cache, which Hugging Face models with linear-attention or recurrent layers keep,
-cannot take rows in or out: their batches run to their end.)
+batch to end. (transformers' own cache, which Hugging Face models with linear-attention or recurrent layers keep, as
+every one does under transformers before 4.56, cannot take rows in or out: their batches run to their end.)
 
 Text reaches each choice as it is decoded (a streamed reply), except what may still turn into a stop string or a
 tool call. A reply that calls the model's tool (a Support bot's ``[lookup: ...]``) is answered by the tool on the

@@ -205,7 +205,7 @@ class TextTask:
         if self.cfg.policy.kind == "hf" and self.cfg.policy.lora is not None:
             if weights is not None:  # peft saves and merges a whole model: an unsharded copy of the sharded one
                 policy = self.build_policy()
-                policy.load_state_dict(weights)
+                policy.load_state_dict(weights, assign=True)  # the gathered tensors themselves: no copy
             save_lora_export(policy, self.tokenizer, self.run_dir / HF_EXPORT)
         elif self.cfg.policy.kind == "hf":
             from lmpo.policies.hf import save_hf_policy

@@ -1,6 +1,7 @@
 """The Hugging Face adapter on a tiny random GPT-2 that the test builds, saves and loads back."""
 
 import math
+import sys
 import warnings
 from pathlib import Path
 
@@ -178,8 +179,8 @@ def test_hf_models_decode_with_a_preallocated_cache_that_finished_rows_leave(arc
     assert all(isinstance(c, DynamicCache if own else PreallocatedCache) for c in caches)
     assert (min(sizes) == 16) == own  # finished rows left the batch, except from transformers' cache
     if not own:  # between the steps where rows left, every step wrote into the same buffers
-        buffers = [(c.layers[0].kv.k.data_ptr(), s) for c, s in zip(caches, sizes, strict=True)]
-        assert len({ptr for ptr, _ in buffers}) == len(set(sizes))
+        buffers = {(c.layers[0].kv.k.data_ptr(), s) for c, s in zip(caches, sizes, strict=True)}
+        assert len(buffers) == len(set(sizes))  # one buffer per batch size (a freed one's address may come back)
         # a row's cache to go on from later (lmpo serve, after a lookup): not from a windowed one, which would count
         # the padding between what it read and what it reads next
         row = cache_row(caches[0], 0, prompts[0] != 0)
@@ -188,6 +189,20 @@ def test_hf_models_decode_with_a_preallocated_cache_that_finished_rows_leave(arc
         body.model.config.sliding_window = None
         torch.manual_seed(1)
         assert not torch.allclose(generate(policy, prompts, use_cache=False).logprobs, whole.logprobs)
+
+
+def test_where_lmpos_cache_cannot_load_a_model_decodes_with_its_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With transformers before 4.56, ``hf_cache`` cannot import: the model keeps its own cache, and decodes the
+    same replies."""
+    monkeypatch.setitem(sys.modules, "lmpo.policies.hf_cache", None)  # importing it raises ImportError
+    body = HFCausalLM(_random_model("llama"))
+    policy = LMPolicy(body, 0, 2, SamplingConfig(temperature=1.0, max_new_tokens=12))
+    prompts = torch.randint(3, 64, (4, 6))
+    torch.manual_seed(1)
+    own = generate(policy, prompts)
+    assert body.preallocate is False
+    torch.manual_seed(1)
+    assert torch.equal(own.tokens, generate(policy, prompts, use_cache=False).tokens)
 
 
 def test_a_tokenizer_without_pad_gets_its_own(tmp_path: Path) -> None:

@@ -147,27 +147,29 @@ def tiny_gpt(model: ServedModel) -> ServedModel:
                                max_positions=256)
 
 
-def tiny_llama(model: ServedModel) -> ServedModel:
-    """The tiny run's tokenizer and chat format with a random two-layer Hugging Face Llama (grouped-query attention):
-    lmpo's cache behind transformers' interface."""
-    from transformers import LlamaConfig, LlamaForCausalLM
+def tiny_hf(model: ServedModel, name: str, **extra: int) -> ServedModel:
+    """The tiny run's tokenizer and chat format with a random two-layer Hugging Face model ``name`` (grouped-query
+    attention): lmpo's cache behind transformers' interface."""
+    import transformers
 
     torch.manual_seed(0)
     p = model.policy
-    cfg = LlamaConfig(vocab_size=p.body.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-                      num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
-    llama = LlamaForCausalLM(cfg)
+    config = getattr(transformers, f"{name}Config")(
+        vocab_size=p.body.vocab_size, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=256, **extra)
+    hf = getattr(transformers, f"{name}ForCausalLM")(config)
     with torch.no_grad():  # as tiny_gpt's: every reply token depends on the whole context
-        for w in llama.parameters():
+        for w in hf.parameters():
             w.mul_(8)
-    policy = LMPolicy(HFCausalLM(llama), p.pad_id, p.eos_id, stop_ids=p.stop_ids).eval()
+    policy = LMPolicy(HFCausalLM(hf), p.pad_id, p.eos_id, stop_ids=p.stop_ids).eval()
     return dataclasses.replace(model, policy=policy, max_positions=256)
 
 
-SERVED = {"gpt": tiny_gpt, "llama": tiny_llama}
+SERVED = {"gpt": tiny_gpt, "llama": partial(tiny_hf, name="Llama"),
+          "mistral": partial(tiny_hf, name="Mistral", sliding_window=6)}  # a window shorter than every prompt
 
 
-@pytest.mark.parametrize("kind", ["gru", "gpt", "llama"])
+@pytest.mark.parametrize("kind", ["gru", "gpt", "llama", "mistral"])
 def test_rows_joining_and_leaving_a_batch_decode_what_generate_decodes(model: ServedModel, kind: str) -> None:
     """Greedy replies of choices that join a running batch at different steps (prompts of different lengths) and
     leave it at different steps are the replies ``generate`` gives each prompt alone."""
