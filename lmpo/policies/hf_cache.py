@@ -59,7 +59,7 @@ class LayerKV(DynamicLayer):
         return self.keys, self.values
 
     def get_mask_sizes(self, query: int | Tensor) -> tuple[int, int]:
-        """``(kv_length, kv_offset)`` for the attention mask, as a ``DynamicLayer`` says (transformers before 5 pass
+        """``(kv_length, kv_offset)`` for the attention mask, as a ``DynamicLayer`` says (some releases pass
         the query's ``cache_position``, later ones its length)."""
         return self.length + (query if isinstance(query, int) else query.shape[0]), 0
 
