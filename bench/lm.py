@@ -92,6 +92,7 @@ def bench_hf_cache(repeats: int) -> None:
     from transformers import LlamaConfig, LlamaForCausalLM
 
     from lmpo.policies import generate
+    from lmpo.policies.generation import Generation
     from lmpo.policies.hf import HFCausalLM
 
     torch.manual_seed(0)
@@ -112,19 +113,15 @@ def bench_hf_cache(repeats: int) -> None:
                            ("replies ending at <eos>, up to 192", SamplingConfig(temperature=1.0, max_new_tokens=192))):
         policies = {"lmpo's cache": LMPolicy(ours, 0, 2, sampling),
                     "transformers' cache": LMPolicy(own, 0, 2, sampling)}
-        replies = []
-        for policy in policies.values():
-            torch.manual_seed(1)
-            replies.append(generate(policy, prompts))
+
+        def decode(policy: LMPolicy) -> Generation:
+            torch.manual_seed(1)  # the same draws every time: the same replies, the same work
+            return generate(policy, prompts)
+
+        replies = [decode(p) for p in policies.values()]
         assert torch.equal(replies[0].tokens, replies[1].tokens), "the two caches decoded different replies"
         n = replies[0].mask.sum(1)
-        def run(policy: LMPolicy) -> Callable[[], float]:
-            def go() -> float:
-                torch.manual_seed(1)  # the same draws every time: the same replies, the same work
-                return float(generate(policy, prompts).mask.sum())
-            return go
-
-        med = interleaved({k: run(p) for k, p in policies.items()}, repeats)
+        med = interleaved({k: (lambda p=p: float(decode(p).mask.sum())) for k, p in policies.items()}, repeats)
         rates = ", ".join(f"{k} {v:.0f}" for k, v in med.items())
         ratio = med["lmpo's cache"] / med["transformers' cache"]
         print(f"  {name} (mean {float(n.mean()):.0f}, {int(n.min())}-{int(n.max())}): {rates} new tokens/s; "
